@@ -1,0 +1,263 @@
+//! Building the request message of a route from its path variables, query string and body.
+
+use bytes::Bytes;
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
+
+use super::bind::{self, BindOptions, FieldPath};
+use super::json::{self, JsonOptions};
+use crate::error::GatewayError;
+
+const HTTP_BODY: &str = "google.api.HttpBody";
+const FIELD_MASK: &str = "google.protobuf.FieldMask";
+
+/// What the HTTP body is bound to.
+#[derive(Debug, Clone)]
+pub enum BodyRule {
+    /// No body; every field not in the path can come from the query.
+    None,
+    /// `body: "*"`: the body is the whole request message and the query is not read.
+    Whole,
+    /// `body: "field"`: the body is one top-level field.
+    Field(FieldDescriptor),
+}
+
+/// How one route builds its request message; computed once when the route table is built.
+#[derive(Debug, Clone)]
+pub struct RequestPlan {
+    input: MessageDescriptor,
+    body: BodyRule,
+    /// One per template variable, in template order.
+    vars: Vec<FieldPath>,
+    /// Fields the query must not touch: path variables and the body field.
+    excluded: Vec<FieldPath>,
+    /// The body target is google.api.HttpBody: take the raw bytes and their Content-Type.
+    raw_body: bool,
+    /// PATCH with a body field: the FieldMask field to fill from the JSON keys present.
+    patch_mask: Option<FieldDescriptor>,
+    json: JsonOptions,
+    bind: BindOptions,
+    /// The body field's name, prefixed to field paths in error messages.
+    body_name: String,
+}
+
+/// A route whose field references do not fit its request message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PlanError(String);
+
+impl RequestPlan {
+    /// Resolves a rule's body and variables against the request type.
+    pub fn new(
+        input: MessageDescriptor,
+        http_method: &http::Method,
+        body: &str,
+        variables: &[&str],
+        json: JsonOptions,
+        bind: BindOptions,
+    ) -> Result<RequestPlan, PlanError> {
+        let vars = variables
+            .iter()
+            .map(|v| bind::resolve_variable(&input, v).map_err(|e| PlanError(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let body_rule = match body {
+            "" => BodyRule::None,
+            "*" => BodyRule::Whole,
+            name => {
+                let field = input.get_field_by_name(name).ok_or_else(|| {
+                    PlanError(format!(
+                        "body field {name:?} is not a top-level field of {}",
+                        input.full_name()
+                    ))
+                })?;
+                BodyRule::Field(field)
+            }
+        };
+        let mut excluded = vars.clone();
+        if let BodyRule::Field(field) = &body_rule {
+            excluded
+                .push(bind::resolve(&input, field.name()).map_err(|e| PlanError(e.to_string()))?);
+        }
+        let raw_body = match &body_rule {
+            BodyRule::Whole => input.full_name() == HTTP_BODY,
+            BodyRule::Field(f) => is_message(f, HTTP_BODY),
+            BodyRule::None => false,
+        };
+        // grpc-gateway fills `update_mask` from the body's keys on PATCH when the client sent none.
+        let patch_mask = match &body_rule {
+            BodyRule::Field(f) if http_method == http::Method::PATCH && !raw_body => {
+                let _ = f;
+                input
+                    .get_field_by_name("update_mask")
+                    .filter(|m| is_message(m, FIELD_MASK))
+            }
+            _ => None,
+        };
+        let body_name = match &body_rule {
+            BodyRule::Field(f) => f.name().to_owned(),
+            _ => String::new(),
+        };
+        Ok(RequestPlan {
+            input,
+            body: body_rule,
+            vars,
+            excluded,
+            raw_body,
+            patch_mask,
+            json,
+            bind,
+            body_name,
+        })
+    }
+
+    /// The request message type.
+    pub fn input(&self) -> &MessageDescriptor {
+        &self.input
+    }
+
+    /// Binds body, then path variables (which win), then the query, as grpc-gateway orders them.
+    /// `vars` holds one decoded value per template variable.
+    pub fn build(
+        &self,
+        vars: &[String],
+        query: Option<&str>,
+        content_type: Option<&str>,
+        body: &Bytes,
+    ) -> Result<DynamicMessage, GatewayError> {
+        let mut msg = match &self.body {
+            BodyRule::None => DynamicMessage::new(self.input.clone()),
+            BodyRule::Whole if self.raw_body => http_body(&self.input, content_type, body),
+            BodyRule::Whole => json::decode_message(self.input.clone(), body, &self.json, "")?,
+            BodyRule::Field(field) => {
+                let mut msg = DynamicMessage::new(self.input.clone());
+                if let Some(value) = self.body_value(field, content_type, body)? {
+                    msg.set_field(field, value);
+                }
+                msg
+            }
+        };
+        for (path, value) in self.vars.iter().zip(vars) {
+            bind::set_path_value(&mut msg, path, value, &self.bind)
+                .map_err(|e| GatewayError::invalid(e.to_string()))?;
+        }
+        if !matches!(self.body, BodyRule::Whole) {
+            if let Some(query) = query.filter(|q| !q.is_empty()) {
+                bind::bind_query(&mut msg, query, &self.excluded, &self.bind)
+                    .map_err(|e| GatewayError::invalid(e.to_string()))?;
+            }
+        }
+        if let Some(mask_field) = &self.patch_mask {
+            let unset = match msg.get_field(mask_field).as_ref() {
+                Value::Message(mask) => mask
+                    .get_field_by_name("paths")
+                    .is_none_or(|p| p.as_list().is_none_or(|l| l.is_empty())),
+                _ => true,
+            };
+            if unset {
+                if let BodyRule::Field(field) = &self.body {
+                    let paths = mask_paths(field, body)?;
+                    if let Some(mask) = field_mask(mask_field, paths) {
+                        msg.set_field(mask_field, mask);
+                    }
+                }
+            }
+        }
+        Ok(msg)
+    }
+
+    fn body_value(
+        &self,
+        field: &FieldDescriptor,
+        content_type: Option<&str>,
+        body: &Bytes,
+    ) -> Result<Option<Value>, GatewayError> {
+        match field.kind() {
+            Kind::Message(desc) if !field.is_list() && !field.is_map() => {
+                let msg = if self.raw_body {
+                    http_body(&desc, content_type, body)
+                } else {
+                    json::decode_message(desc, body, &self.json, &self.body_name)?
+                };
+                Ok(Some(Value::Message(msg)))
+            }
+            _ => json::decode_field(&self.input, field, body, &self.json),
+        }
+    }
+}
+
+fn is_message(field: &FieldDescriptor, name: &str) -> bool {
+    matches!(field.kind(), Kind::Message(m) if m.full_name() == name)
+        && !field.is_list()
+        && !field.is_map()
+}
+
+fn http_body(desc: &MessageDescriptor, content_type: Option<&str>, body: &Bytes) -> DynamicMessage {
+    let mut msg = DynamicMessage::new(desc.clone());
+    if let Some(ct) = content_type {
+        msg.set_field_by_name("content_type", Value::String(ct.to_owned()));
+    }
+    msg.set_field_by_name("data", Value::Bytes(body.clone()));
+    msg
+}
+
+/// Field mask paths (proto names) for every key present in a JSON object body, descending into
+/// nested messages; maps, lists and well-known types are leaves.
+fn mask_paths(field: &FieldDescriptor, body: &Bytes) -> Result<Vec<String>, GatewayError> {
+    let Kind::Message(desc) = field.kind() else {
+        return Ok(Vec::new());
+    };
+    let value: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        // The body was parsed already; an empty one just has no keys.
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mut out = Vec::new();
+    collect_paths(&desc, &value, "", &mut out);
+    Ok(out)
+}
+
+fn collect_paths(
+    desc: &MessageDescriptor,
+    value: &serde_json::Value,
+    prefix: &str,
+    out: &mut Vec<String>,
+) {
+    let Some(object) = value.as_object() else {
+        return;
+    };
+    for (key, child) in object {
+        let field = desc
+            .get_field_by_json_name(key)
+            .or_else(|| desc.get_field_by_name(key));
+        let Some(field) = field else {
+            continue;
+        };
+        let path = if prefix.is_empty() {
+            field.name().to_owned()
+        } else {
+            format!("{prefix}.{}", field.name())
+        };
+        match field.kind() {
+            Kind::Message(inner)
+                if !field.is_list()
+                    && !field.is_map()
+                    && !inner.full_name().starts_with("google.protobuf.")
+                    && child.is_object() =>
+            {
+                collect_paths(&inner, child, &path, out);
+            }
+            _ => out.push(path),
+        }
+    }
+}
+
+fn field_mask(mask_field: &FieldDescriptor, paths: Vec<String>) -> Option<Value> {
+    let Kind::Message(desc) = mask_field.kind() else {
+        return None;
+    };
+    let mut mask = DynamicMessage::new(desc);
+    mask.set_field_by_name(
+        "paths",
+        Value::List(paths.into_iter().map(Value::String).collect()),
+    );
+    Some(Value::Message(mask))
+}

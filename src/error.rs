@@ -1,0 +1,355 @@
+//! The gateway's one error type and the one table that maps it to HTTP status and gRPC code.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use tonic::Code;
+
+/// Where an error came from, which decides who must act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client sent something the gateway cannot serve; retrying it unchanged will fail again.
+    Client,
+    /// The backend answered with a gRPC status, or broke the protocol.
+    Upstream,
+    /// The gateway itself failed.
+    Gateway,
+}
+
+/// What went wrong on a request, in terms of what the client should see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No route matches the path.
+    NoRoute,
+    /// A route matches the path, but not for this HTTP method.
+    MethodNotAllowed(Vec<http::Method>),
+    /// The request could not be bound into the request message.
+    InvalidRequest,
+    /// The request body is larger than the configured bound.
+    PayloadTooLarge,
+    /// The request's Content-Type is not one the gateway reads.
+    UnsupportedMediaType,
+    /// None of the types in Accept can be produced.
+    NotAcceptable,
+    /// The backend answered with this non-OK gRPC status.
+    Status(Code),
+    /// The backend's answer broke the gRPC protocol (no status, undecodable message).
+    BadGateway,
+    /// The backend could not be reached.
+    Unavailable,
+    /// The deadline passed before the backend answered.
+    Timeout,
+    /// A gateway fault; details are logged, never sent.
+    Internal,
+}
+
+/// An error on the request path; every one becomes a response in the google.rpc.Status format.
+#[derive(Debug, Clone)]
+pub struct GatewayError {
+    kind: ErrorKind,
+    message: String,
+    /// Encoded `google.rpc.Status` from the backend (`grpc-status-details-bin`), if any.
+    details: Bytes,
+    /// Response metadata and trailers from the backend, forwarded as headers.
+    metadata: Option<Box<tonic::metadata::MetadataMap>>,
+}
+
+impl GatewayError {
+    /// An error of `kind` with a client-facing message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        GatewayError {
+            kind,
+            message: message.into(),
+            details: Bytes::new(),
+            metadata: None,
+        }
+    }
+
+    /// A 400 for input that could not be bound into the request message.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidRequest, message)
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+
+    /// The client-facing message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The backend's encoded google.rpc.Status, empty when there is none.
+    pub fn details(&self) -> &Bytes {
+        &self.details
+    }
+
+    /// Metadata the backend sent with the failure.
+    pub fn metadata(&self) -> Option<&tonic::metadata::MetadataMap> {
+        self.metadata.as_deref()
+    }
+
+    /// Who must act on this error.
+    pub fn source(&self) -> ErrorSource {
+        match self.kind {
+            ErrorKind::NoRoute
+            | ErrorKind::MethodNotAllowed(_)
+            | ErrorKind::InvalidRequest
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::UnsupportedMediaType
+            | ErrorKind::NotAcceptable => ErrorSource::Client,
+            ErrorKind::Status(_)
+            | ErrorKind::BadGateway
+            | ErrorKind::Unavailable
+            | ErrorKind::Timeout => ErrorSource::Upstream,
+            ErrorKind::Internal => ErrorSource::Gateway,
+        }
+    }
+
+    /// The gRPC code that stands for this error in the body and in WebSocket status frames.
+    pub fn code(&self) -> Code {
+        match &self.kind {
+            ErrorKind::NoRoute => Code::NotFound,
+            ErrorKind::MethodNotAllowed(_) => Code::Unimplemented,
+            ErrorKind::InvalidRequest => Code::InvalidArgument,
+            ErrorKind::PayloadTooLarge => Code::ResourceExhausted,
+            ErrorKind::UnsupportedMediaType | ErrorKind::NotAcceptable => Code::InvalidArgument,
+            ErrorKind::Status(code) => *code,
+            ErrorKind::BadGateway => Code::Internal,
+            ErrorKind::Unavailable => Code::Unavailable,
+            ErrorKind::Timeout => Code::DeadlineExceeded,
+            ErrorKind::Internal => Code::Internal,
+        }
+    }
+
+    /// The HTTP status for this error under `table`.
+    pub fn http_status(&self, table: &StatusTable) -> StatusCode {
+        match &self.kind {
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
+            _ => table.status(self.code()),
+        }
+    }
+
+    /// Headers the status requires: `Allow` on 405, `WWW-Authenticate` on 401.
+    pub fn extra_headers(&self, table: &StatusTable) -> Vec<(http::HeaderName, HeaderValue)> {
+        let mut headers = Vec::new();
+        if let ErrorKind::MethodNotAllowed(allow) = &self.kind {
+            let list = allow
+                .iter()
+                .map(http::Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Ok(value) = HeaderValue::from_str(&list) {
+                headers.push((http::header::ALLOW, value));
+            }
+        }
+        if self.http_status(table) == StatusCode::UNAUTHORIZED {
+            headers.push((
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            ));
+        }
+        headers
+    }
+
+    /// The error for a gRPC status received from, or made by tonic for, a backend call.
+    pub fn from_status(status: tonic::Status) -> Self {
+        let message = status.message();
+        // tonic reports transport failures as UNAVAILABLE and a missing grpc-status as a locally
+        // made UNKNOWN; its message prefixes are the only way to tell those from backend answers.
+        let kind = if status.code() == Code::Unknown
+            && (message.starts_with("protocol error")
+                || message.starts_with("grpc-status header missing"))
+        {
+            ErrorKind::BadGateway
+        } else if status.code() == Code::Unavailable && is_transport_failure(&status) {
+            ErrorKind::Unavailable
+        } else if status.code() == Code::Ok {
+            // An OK status can only reach here through a protocol violation.
+            ErrorKind::BadGateway
+        } else {
+            ErrorKind::Status(status.code())
+        };
+        let text = match kind {
+            ErrorKind::BadGateway => format!("bad response from backend: {message}"),
+            ErrorKind::Unavailable => format!("backend unavailable: {message}"),
+            _ => message.to_owned(),
+        };
+        GatewayError {
+            kind,
+            message: text,
+            details: status.details().to_vec().into(),
+            metadata: Some(Box::new(status.metadata().clone())),
+        }
+    }
+}
+
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+impl fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", code_name(self.code()), self.message)
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+/// The gRPC code → HTTP status table, grpc-gateway v2's by default, overridable per code.
+#[derive(Debug, Clone, Default)]
+pub struct StatusTable {
+    overrides: HashMap<i32, StatusCode>,
+}
+
+impl StatusTable {
+    /// A table with the given per-code overrides on top of the default mapping.
+    pub fn with_overrides(overrides: HashMap<Code, StatusCode>) -> Self {
+        StatusTable {
+            overrides: overrides
+                .into_iter()
+                .map(|(code, status)| (code as i32, status))
+                .collect(),
+        }
+    }
+
+    /// The HTTP status for a gRPC code.
+    pub fn status(&self, code: Code) -> StatusCode {
+        if let Some(status) = self.overrides.get(&(code as i32)) {
+            return *status;
+        }
+        default_status(code)
+    }
+}
+
+/// The standard gRPC code → HTTP status mapping (as grpc-gateway v2 and Envoy use it).
+pub fn default_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+        Code::Aborted => StatusCode::CONFLICT,
+        Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The canonical upper-case name of a gRPC code, as in google/rpc/code.proto.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The gRPC code named `name` (upper-case canonical name), if there is one.
+pub fn code_from_name(name: &str) -> Option<Code> {
+    (0..=16)
+        .map(Code::from_i32)
+        .find(|code| code_name(*code) == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_table_matches_grpc_gateway() {
+        let cases = [
+            (Code::Cancelled, 499),
+            (Code::Unknown, 500),
+            (Code::InvalidArgument, 400),
+            (Code::DeadlineExceeded, 504),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::PermissionDenied, 403),
+            (Code::Unauthenticated, 401),
+            (Code::ResourceExhausted, 429),
+            (Code::FailedPrecondition, 400),
+            (Code::Aborted, 409),
+            (Code::OutOfRange, 400),
+            (Code::Unimplemented, 501),
+            (Code::Internal, 500),
+            (Code::Unavailable, 503),
+            (Code::DataLoss, 500),
+        ];
+        let table = StatusTable::default();
+        for (code, status) in cases {
+            assert_eq!(table.status(code).as_u16(), status, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn overrides_replace_one_code_only() {
+        let table = StatusTable::with_overrides(HashMap::from([(
+            Code::FailedPrecondition,
+            StatusCode::PRECONDITION_FAILED,
+        )]));
+        assert_eq!(table.status(Code::FailedPrecondition).as_u16(), 412);
+        assert_eq!(table.status(Code::OutOfRange).as_u16(), 400);
+    }
+
+    #[test]
+    fn code_names_round_trip() {
+        for n in 0..=16 {
+            let code = Code::from_i32(n);
+            assert_eq!(code_from_name(code_name(code)), Some(code));
+        }
+        assert_eq!(code_from_name("NOPE"), None);
+    }
+
+    #[test]
+    fn missing_grpc_status_is_bad_gateway() {
+        let err = GatewayError::from_status(tonic::Status::unknown(
+            "protocol error: missing grpc-status trailer",
+        ));
+        assert_eq!(err.kind(), &ErrorKind::BadGateway);
+        assert_eq!(
+            err.http_status(&StatusTable::default()),
+            StatusCode::BAD_GATEWAY
+        );
+    }
+
+    #[test]
+    fn unauthenticated_adds_www_authenticate() {
+        let err = GatewayError::new(ErrorKind::Status(Code::Unauthenticated), "no");
+        let headers = err.extra_headers(&StatusTable::default());
+        assert!(headers
+            .iter()
+            .any(|(name, _)| name == http::header::WWW_AUTHENTICATE));
+    }
+}

@@ -1,0 +1,161 @@
+//! The bundled example services: the demo shop behind `protogate demo`, and a mirror backend for
+//! tests and benchmarks. All are real tonic servers on loopback ports.
+
+mod mirror;
+mod shop;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use mirror::{control, Mirror, MirrorStats};
+pub use shop::{Catalog, Orders, Users};
+
+use crate::config::{Backend, BackendName, Config, ServiceRule};
+use crate::descriptors::{DescriptorError, Registry, RegistryBuilder, SourceName};
+use crate::proto::shop::v1::{
+    catalog_service_server::CatalogServiceServer, order_service_server::OrderServiceServer,
+    user_service_server::UserServiceServer,
+};
+
+/// The demo shop's descriptor set, as committed in `descriptors/shop.binpb`; regenerate it with
+/// `cargo run -- compile protos/shop/v1/*.proto -I protos -o descriptors/shop.binpb`.
+pub static SHOP_DESCRIPTORS: &[u8] = include_bytes!("../../descriptors/shop.binpb");
+
+/// Where the demo shop's services listen.
+#[derive(Debug, Clone, Copy)]
+pub struct ShopAddrs {
+    /// shop.v1.CatalogService.
+    pub catalog: SocketAddr,
+    /// shop.v1.OrderService.
+    pub orders: SocketAddr,
+    /// shop.v1.UserService.
+    pub users: SocketAddr,
+}
+
+/// Starts the three shop services on ephemeral loopback ports; they stop when `shutdown` changes
+/// or is dropped.
+pub async fn start_shop(shutdown: watch::Receiver<()>) -> std::io::Result<ShopAddrs> {
+    let catalog = Catalog::default();
+    let orders = Orders::new(catalog.products());
+    let users = Users::default();
+    let bind = || TcpListener::bind("127.0.0.1:0");
+    let (l1, l2, l3) = (bind().await?, bind().await?, bind().await?);
+    let addrs = ShopAddrs {
+        catalog: l1.local_addr()?,
+        orders: l2.local_addr()?,
+        users: l3.local_addr()?,
+    };
+    spawn_server(l1, CatalogServiceServer::new(catalog), shutdown.clone());
+    spawn_server(l2, OrderServiceServer::new(orders), shutdown.clone());
+    spawn_server(l3, UserServiceServer::new(users), shutdown);
+    Ok(addrs)
+}
+
+fn spawn_server<S>(listener: TcpListener, service: S, mut shutdown: watch::Receiver<()>)
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(err) = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await
+        {
+            tracing::error!("demo service stopped: {err}");
+        }
+    });
+}
+
+/// Starts a mirror backend for every service of `pool` on an ephemeral loopback port.
+pub async fn start_mirror(
+    pool: prost_reflect::DescriptorPool,
+    mut shutdown: watch::Receiver<()>,
+) -> std::io::Result<(SocketAddr, Arc<MirrorStats>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let mirror = Mirror::new(pool);
+    let stats = mirror.stats();
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(err) = mirror.serve(listener, stop).await {
+            tracing::error!("mirror stopped: {err}");
+        }
+    });
+    Ok((addr, stats))
+}
+
+/// The demo shop's registry, from the committed descriptor set.
+pub fn shop_registry() -> Result<Registry, DescriptorError> {
+    let mut builder = RegistryBuilder::new();
+    builder.add_set_bytes(SourceName::new("descriptors/shop.binpb"), SHOP_DESCRIPTORS)?;
+    builder.build()
+}
+
+/// A config that sends each shop service to its own backend.
+pub fn shop_config(addrs: &ShopAddrs, mut config: Config) -> Config {
+    for (service, name, addr) in [
+        ("shop.v1.CatalogService", "catalog", addrs.catalog),
+        ("shop.v1.OrderService", "orders", addrs.orders),
+        ("shop.v1.UserService", "users", addrs.users),
+    ] {
+        let backend = BackendName::new(name);
+        if let Ok(uri) = format!("http://{addr}").parse() {
+            config.backends.insert(
+                backend.clone(),
+                Backend {
+                    addresses: vec![uri],
+                    timeout: None,
+                    connect_timeout: std::time::Duration::from_secs(2),
+                },
+            );
+        }
+        config.services.push(ServiceRule {
+            pattern: service.to_owned(),
+            backend: Some(backend),
+            timeout: None,
+            json: config.json.clone(),
+        });
+    }
+    config
+}
+
+/// What `protogate demo` prints: the curl commands that work against it.
+pub fn instructions(listen: SocketAddr) -> String {
+    let base = format!("http://{listen}");
+    format!(
+        r#"protogate demo: the shop's catalog, orders and users services run on loopback, with the
+gateway in front of them at {base}. Try:
+
+  curl {base}/v1/products
+  curl '{base}/v1/products?category=CATEGORY_BOOKS'
+  curl {base}/v1/products/p1
+  curl -i {base}/v1/products/nope                     # 404 with google.rpc details
+  curl -X POST {base}/v1/products -d '{{"name": "Tea", "priceCents": 450, "currency": "EUR"}}'
+  curl -X PATCH {base}/v1/products/p1 -d '{{"priceCents": 3499}}'   # update_mask from the body
+  curl -X POST {base}/v1/users/u1/orders -d '{{"items": [{{"productId": "p1", "quantity": 2}}]}}'
+  curl {base}/v1/users/u1/orders
+  curl -X POST {base}/v1/orders/o1:cancel -d '{{}}'
+  curl -N {base}/v1/products/p1:watch                 # server streaming, one JSON line per update
+  curl -X POST {base}/shop.v1.UserService/GetUser -d '{{"id": "u1"}}'
+
+Stop with Ctrl-C."#
+    )
+}

@@ -1,0 +1,309 @@
+//! The data plane: one REST request in, one gRPC call out, the answer rendered back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::error::{ErrorKind, GatewayError};
+use crate::routing::RouteMatch;
+use crate::snapshot::{CallKind, Route, Snapshot, SnapshotStore};
+use crate::transcode::status::error_json;
+use crate::upstream::{self, Outgoing};
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Serves one request against the current snapshot; never fails, every error is a response.
+pub async fn handle(
+    store: &SnapshotStore,
+    request: Request<Body>,
+    remote: Option<SocketAddr>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let snapshot = store.load();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let (response, route) = match serve(&snapshot, request, remote).await {
+        Ok((response, route)) => (response, Some(route)),
+        Err((err, route)) => (error_response(&snapshot, &err), route),
+    };
+    tracing::info!(
+        target: "protogate::access",
+        method = %method,
+        path = %path,
+        route = route.as_ref().map_or("-", |r| &*r.template),
+        grpc_method = route.as_ref().map_or("-", |r| r.method.full_name()),
+        status = response.status().as_u16(),
+        latency_us = started.elapsed().as_micros() as u64,
+    );
+    response
+}
+
+type Failure = (GatewayError, Option<Arc<Route>>);
+
+async fn serve(
+    snapshot: &Snapshot,
+    request: Request<Body>,
+    remote: Option<SocketAddr>,
+) -> Result<(Response<Body>, Arc<Route>), Failure> {
+    let (route, vars) = match snapshot.routes.find(request.method(), request.uri().path()) {
+        RouteMatch::Found(found) => {
+            let vars: Vec<String> = found.bindings.into_iter().map(|b| b.value).collect();
+            (found.value.clone(), vars)
+        }
+        RouteMatch::MethodNotAllowed { allow } => {
+            return Err((
+                GatewayError::new(ErrorKind::MethodNotAllowed(allow), "Method Not Allowed"),
+                None,
+            ))
+        }
+        RouteMatch::NotFound => {
+            return Err((GatewayError::new(ErrorKind::NoRoute, "Not Found"), None))
+        }
+    };
+    match call(snapshot, &route, request, vars, remote).await {
+        Ok(response) => Ok((response, route)),
+        Err(err) => Err((err, Some(route))),
+    }
+}
+
+async fn call(
+    snapshot: &Snapshot,
+    route: &Route,
+    request: Request<Body>,
+    vars: Vec<String>,
+    remote: Option<SocketAddr>,
+) -> Result<Response<Body>, GatewayError> {
+    let config = &snapshot.config;
+    let (parts, body) = request.into_parts();
+    let timeout = deadline(&parts.headers, route.timeout)?;
+    let body = read_body(body, config.max_body_bytes).await?;
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let message = route
+        .request
+        .build(&vars, parts.uri.query(), content_type, &body)?;
+    let backend = route.backend.as_ref().ok_or_else(|| {
+        GatewayError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "no backend is configured for {}",
+                route.method.parent_service().full_name()
+            ),
+        )
+    })?;
+    let metadata = upstream::request_metadata(&parts.headers, remote, &config.forward_headers);
+    let mut grpc_request =
+        tonic::Request::from_parts(metadata, Default::default(), Outgoing::Message(message));
+    grpc_request.set_timeout(timeout);
+    let channel = backend.channel.clone();
+    match route.kind {
+        CallKind::Unary => {
+            let reply = tokio::time::timeout(
+                timeout,
+                upstream::unary(
+                    channel,
+                    route.grpc_path.clone(),
+                    grpc_request,
+                    config.max_response_bytes,
+                ),
+            )
+            .await
+            .map_err(|_| deadline_exceeded(timeout))??;
+            let rendered = route.response.render(reply.message)?;
+            let mut response = Response::new(Body::from(rendered.body));
+            let headers = response.headers_mut();
+            if let Ok(ct) = HeaderValue::from_str(&rendered.content_type) {
+                headers.insert(header::CONTENT_TYPE, ct);
+            }
+            upstream::response_headers(&reply.headers, "grpc-metadata-", headers);
+            upstream::response_headers(&reply.trailers, "grpc-trailer-", headers);
+            Ok(response)
+        }
+        CallKind::ServerStreaming => {
+            let stream = tokio::time::timeout(
+                timeout,
+                upstream::server_stream(
+                    channel,
+                    route.grpc_path.clone(),
+                    grpc_request,
+                    config.max_response_bytes,
+                ),
+            )
+            .await
+            .map_err(|_| deadline_exceeded(timeout))??;
+            Ok(ndjson_response(snapshot, route, stream))
+        }
+        CallKind::ClientStreaming | CallKind::Bidi => Err(GatewayError::new(
+            ErrorKind::Status(tonic::Code::Unimplemented),
+            format!(
+                "{} streams requests; client and bidirectional streaming over HTTP are not served yet",
+                route.method.full_name()
+            ),
+        )),
+    }
+}
+
+/// A server stream as grpc-gateway frames it: one `{"result": ...}` line per message, flushed as
+/// it arrives, and a final `{"error": ...}` line if the stream fails.
+fn ndjson_response(
+    snapshot: &Snapshot,
+    route: &Route,
+    stream: upstream::ServerStream,
+) -> Response<Body> {
+    let mut response_headers = HeaderMap::new();
+    upstream::response_headers(&stream.headers, "grpc-metadata-", &mut response_headers);
+    let plan = route.response.clone();
+    let pool = snapshot.registry.pool().clone();
+    let lines = stream.messages.map(move |item| {
+        let line = match item.and_then(|bytes| plan.render(bytes)) {
+            Ok(rendered) => frame(b"{\"result\":", &rendered.body),
+            Err(err) => frame(b"{\"error\":", &error_json(&err, Some(&pool))),
+        };
+        Ok::<_, std::convert::Infallible>(line)
+    });
+    let mut response = Response::new(Body::from_stream(lines));
+    response.headers_mut().insert(header::CONTENT_TYPE, JSON);
+    response.headers_mut().extend(response_headers);
+    response
+}
+
+fn frame(prefix: &[u8], body: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(prefix.len() + body.len() + 2);
+    line.extend_from_slice(prefix);
+    line.extend_from_slice(body);
+    line.extend_from_slice(b"}\n");
+    line.into()
+}
+
+fn deadline_exceeded(timeout: Duration) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::Timeout,
+        format!("the backend did not answer within {timeout:?}"),
+    )
+}
+
+/// The call's deadline: the client's `grpc-timeout` or `X-Request-Timeout`, capped by the route's.
+fn deadline(headers: &HeaderMap, route: Duration) -> Result<Duration, GatewayError> {
+    let client = if let Some(value) = headers.get("grpc-timeout") {
+        Some(parse_grpc_timeout(value.as_bytes()).ok_or_else(|| {
+            GatewayError::invalid("invalid grpc-timeout header: expected e.g. 500m or 5S")
+        })?)
+    } else if let Some(value) = headers.get("x-request-timeout") {
+        let text = value.to_str().unwrap_or("");
+        let parsed = text
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .or_else(|| humantime::parse_duration(text).ok());
+        Some(parsed.ok_or_else(|| {
+            GatewayError::invalid(
+                "invalid X-Request-Timeout header: expected seconds (1.5) or a duration (250ms)",
+            )
+        })?)
+    } else {
+        None
+    };
+    Ok(client.map_or(route, |c| c.min(route)))
+}
+
+/// Parses the gRPC wire form of a timeout: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body is larger than {limit} bytes"),
+        )),
+        Err(err) => Err(GatewayError::invalid(format!(
+            "could not read the request body: {err}"
+        ))),
+    }
+}
+
+/// The one error response: status from the table, google.rpc.Status JSON body, metadata headers.
+pub fn error_response(snapshot: &Snapshot, err: &GatewayError) -> Response<Body> {
+    let table = &snapshot.config.status_table;
+    let status = err.http_status(table);
+    if status == StatusCode::INTERNAL_SERVER_ERROR && err.kind() == &ErrorKind::Internal {
+        tracing::error!("internal error: {err}");
+    }
+    let body = error_json(err, Some(snapshot.registry.pool()));
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, JSON);
+    for (name, value) in err.extra_headers(table) {
+        headers.insert(name, value);
+    }
+    if let Some(md) = err.metadata() {
+        upstream::response_headers(md, "grpc-metadata-", headers);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("5S", Some(Duration::from_secs(5))),
+            ("250m", Some(Duration::from_millis(250))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("10u", Some(Duration::from_micros(10))),
+            ("7n", Some(Duration::from_nanos(7))),
+            ("S", None),
+            ("123456789S", None),
+            ("5s", None),
+            ("-1S", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_grpc_timeout(text.as_bytes()), *want, "{text}");
+        }
+    }
+
+    #[test]
+    fn client_deadline_is_capped_by_route() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-timeout", HeaderValue::from_static("0.5"));
+        assert_eq!(
+            deadline(&h, Duration::from_secs(10)).unwrap(),
+            Duration::from_millis(500)
+        );
+        h.insert("x-request-timeout", HeaderValue::from_static("1m"));
+        assert_eq!(
+            deadline(&h, Duration::from_secs(10)).unwrap(),
+            Duration::from_secs(10)
+        );
+        h.insert("x-request-timeout", HeaderValue::from_static("soon"));
+        assert!(deadline(&h, Duration::from_secs(10)).is_err());
+    }
+}

@@ -1,0 +1,126 @@
+//! Calls to a backend over a shared channel.
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use tonic::client::Grpc;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+
+use super::codec::{DynamicCodec, Outgoing};
+use crate::error::{ErrorKind, GatewayError};
+
+/// A unary answer: response headers, the one message, and the trailers, kept apart so headers
+/// and trailers can be forwarded under their own prefixes.
+#[derive(Debug)]
+pub struct UnaryReply {
+    /// Response header metadata.
+    pub headers: MetadataMap,
+    /// The encoded response message.
+    pub message: Bytes,
+    /// Trailer metadata.
+    pub trailers: MetadataMap,
+}
+
+/// Makes one unary call. The deadline is the caller's: wrap this in a timeout.
+pub async fn unary(
+    channel: Channel,
+    path: PathAndQuery,
+    request: tonic::Request<Outgoing>,
+    max_response_bytes: usize,
+) -> Result<UnaryReply, GatewayError> {
+    let mut grpc = Grpc::new(channel).max_decoding_message_size(max_response_bytes);
+    grpc.ready().await.map_err(|err| {
+        GatewayError::new(
+            ErrorKind::Unavailable,
+            format!("backend unavailable: {err}"),
+        )
+    })?;
+    // The streaming form keeps headers and trailers apart; tonic's unary form merges them.
+    let response = grpc
+        .server_streaming(request, path, DynamicCodec)
+        .await
+        .map_err(GatewayError::from_status)?;
+    let (headers, mut stream, _) = response.into_parts();
+    let message = stream
+        .message()
+        .await
+        .map_err(GatewayError::from_status)?
+        .ok_or_else(|| {
+            GatewayError::new(
+                ErrorKind::BadGateway,
+                "bad response from backend: no response message",
+            )
+        })?;
+    if stream
+        .message()
+        .await
+        .map_err(GatewayError::from_status)?
+        .is_some()
+    {
+        return Err(GatewayError::new(
+            ErrorKind::BadGateway,
+            "bad response from backend: more than one message for a unary call",
+        ));
+    }
+    let trailers = stream
+        .trailers()
+        .await
+        .map_err(GatewayError::from_status)?
+        .unwrap_or_default();
+    Ok(UnaryReply {
+        headers,
+        message,
+        trailers,
+    })
+}
+
+/// A server-streaming answer: response headers now, messages as they arrive.
+pub struct ServerStream {
+    /// Response header metadata.
+    pub headers: MetadataMap,
+    /// Each message's bytes; a failure is the last item.
+    pub messages: futures_util::stream::BoxStream<'static, Result<Bytes, GatewayError>>,
+}
+
+impl std::fmt::Debug for ServerStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerStream")
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens a server-streaming call; the caller's timeout covers the wait for response headers.
+pub async fn server_stream(
+    channel: Channel,
+    path: PathAndQuery,
+    request: tonic::Request<Outgoing>,
+    max_response_bytes: usize,
+) -> Result<ServerStream, GatewayError> {
+    let mut grpc = Grpc::new(channel).max_decoding_message_size(max_response_bytes);
+    grpc.ready().await.map_err(|err| {
+        GatewayError::new(
+            ErrorKind::Unavailable,
+            format!("backend unavailable: {err}"),
+        )
+    })?;
+    let response = grpc
+        .server_streaming(request, path, DynamicCodec)
+        .await
+        .map_err(GatewayError::from_status)?;
+    let (headers, stream, _) = response.into_parts();
+    // Dropping the stream (the client went away) resets the HTTP/2 stream, which the backend
+    // sees as a cancellation.
+    let messages = futures_util::stream::unfold(Some(stream), |state| async move {
+        let mut stream = state?;
+        match stream.message().await {
+            Ok(Some(bytes)) => Some((Ok(bytes), Some(stream))),
+            Ok(None) => None,
+            Err(status) => Some((Err(GatewayError::from_status(status)), None)),
+        }
+    });
+    Ok(ServerStream {
+        headers,
+        messages: Box::pin(messages),
+    })
+}

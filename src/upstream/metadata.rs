@@ -1,0 +1,228 @@
+//! HTTP headers to gRPC metadata and back, the way grpc-gateway maps them.
+
+use std::net::SocketAddr;
+
+use base64::Engine as _;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tonic::metadata::{
+    AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, BinaryMetadataValue, KeyAndValueRef,
+    MetadataMap,
+};
+
+/// Request headers grpc-gateway forwards as `grpcgateway-<name>`.
+const PERMANENT: &[&str] = &[
+    "accept",
+    "accept-charset",
+    "accept-language",
+    "accept-ranges",
+    "authorization",
+    "cache-control",
+    "content-type",
+    "cookie",
+    "date",
+    "expect",
+    "from",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-schedule-tag-match",
+    "if-unmodified-since",
+    "max-forwards",
+    "origin",
+    "pragma",
+    "referer",
+    "user-agent",
+    "via",
+    "warning",
+];
+
+/// Headers that describe one hop and never cross the gateway.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Metadata the gRPC protocol owns, never copied back as headers.
+const RESERVED_RESPONSE: &[&str] = &[
+    "content-type",
+    "content-length",
+    "date",
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+];
+
+const METADATA_PREFIX: &str = "grpc-metadata-";
+
+/// Builds the metadata of a backend call from the client's headers.
+pub fn request_metadata(
+    headers: &HeaderMap,
+    remote: Option<SocketAddr>,
+    allow: &[HeaderName],
+) -> MetadataMap {
+    let mut md = MetadataMap::with_capacity(headers.len() + 2);
+    for (name, value) in headers {
+        let key = name.as_str();
+        if HOP_BY_HOP.contains(&key) {
+            continue;
+        }
+        if key == "authorization" {
+            insert(&mut md, key, value);
+        }
+        if PERMANENT.contains(&key) {
+            insert(&mut md, &format!("grpcgateway-{key}"), value);
+        } else if let Some(stripped) = key.strip_prefix(METADATA_PREFIX) {
+            insert(&mut md, stripped, value);
+        } else if allow.contains(name) {
+            insert(&mut md, key, value);
+        }
+    }
+    if !headers.contains_key("x-forwarded-host") {
+        if let Some(host) = headers.get(http::header::HOST) {
+            insert(&mut md, "x-forwarded-host", host);
+        }
+    }
+    if let Some(remote) = remote {
+        let ip = remote.ip().to_string();
+        let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(previous) => format!("{previous}, {ip}"),
+            None => ip,
+        };
+        if let Ok(value) = AsciiMetadataValue::try_from(chain) {
+            md.insert("x-forwarded-for", value);
+        }
+    }
+    md
+}
+
+/// Adds one entry; invalid names or values (including bad base64 in `-bin`) are skipped.
+fn insert(md: &mut MetadataMap, key: &str, value: &HeaderValue) {
+    if key.ends_with("-bin") {
+        let Ok(key) = BinaryMetadataKey::from_bytes(key.as_bytes()) else {
+            return;
+        };
+        let text = value.as_bytes();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text));
+        if let Ok(bytes) = decoded {
+            md.append_bin(key, BinaryMetadataValue::from_bytes(&bytes));
+        }
+        return;
+    }
+    let Ok(key) = AsciiMetadataKey::from_bytes(key.as_bytes()) else {
+        return;
+    };
+    if let Ok(value) = AsciiMetadataValue::try_from(value.as_bytes()) {
+        md.append(key, value);
+    }
+}
+
+/// Copies backend metadata into response headers as `<prefix><name>` (`Grpc-Metadata-` for
+/// headers, `Grpc-Trailer-` for trailers); binary values are base64-encoded.
+pub fn response_headers(md: &MetadataMap, prefix: &str, out: &mut HeaderMap) {
+    for entry in md.iter() {
+        let (key, value) = match entry {
+            KeyAndValueRef::Ascii(key, value) => (
+                key.as_str(),
+                HeaderValue::from_bytes(value.as_encoded_bytes()),
+            ),
+            KeyAndValueRef::Binary(key, value) => (
+                key.as_str(),
+                HeaderValue::from_bytes(value.as_encoded_bytes()),
+            ),
+        };
+        if RESERVED_RESPONSE.contains(&key) || HOP_BY_HOP.contains(&key) {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(format!("{prefix}{key}").as_bytes()),
+            value,
+        ) else {
+            continue;
+        };
+        out.append(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn maps_headers_like_grpc_gateway() {
+        let h = headers(&[
+            ("grpc-metadata-tenant", "acme"),
+            ("authorization", "Bearer x"),
+            ("user-agent", "curl"),
+            ("host", "api.example"),
+            ("x-custom", "kept"),
+            ("x-other", "dropped"),
+            ("connection", "close"),
+            ("grpc-metadata-trace-bin", "AQID"),
+        ]);
+        let allow = [HeaderName::from_static("x-custom")];
+        let md = request_metadata(&h, Some(SocketAddr::from(([10, 0, 0, 1], 5))), &allow);
+        assert_eq!(md.get("tenant").unwrap(), "acme");
+        assert_eq!(md.get("authorization").unwrap(), "Bearer x");
+        assert_eq!(md.get("grpcgateway-authorization").unwrap(), "Bearer x");
+        assert_eq!(md.get("grpcgateway-user-agent").unwrap(), "curl");
+        assert_eq!(md.get("x-forwarded-host").unwrap(), "api.example");
+        assert_eq!(md.get("x-forwarded-for").unwrap(), "10.0.0.1");
+        assert_eq!(md.get("x-custom").unwrap(), "kept");
+        assert!(md.get("x-other").is_none());
+        assert!(md.get("connection").is_none());
+        let bin = md.get_bin("trace-bin").unwrap().to_bytes().unwrap();
+        assert_eq!(&bin[..], &[1, 2, 3]);
+    }
+
+    #[test]
+    fn bad_binary_and_names_are_skipped() {
+        let h = headers(&[("grpc-metadata-x-bin", "***"), ("grpc-metadata-ok", "1")]);
+        let md = request_metadata(&h, None, &[]);
+        assert!(md.get_bin("x-bin").is_none());
+        assert_eq!(md.get("ok").unwrap(), "1");
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        let md = request_metadata(&h, Some(SocketAddr::from(([127, 0, 0, 1], 1))), &[]);
+        assert_eq!(md.get("x-forwarded-for").unwrap(), "1.2.3.4, 127.0.0.1");
+    }
+
+    #[test]
+    fn response_metadata_gets_prefix_and_skips_reserved() {
+        let mut md = MetadataMap::new();
+        md.insert("x-rate", "5".parse().unwrap());
+        md.insert("content-type", "application/grpc".parse().unwrap());
+        md.insert_bin("blob-bin", BinaryMetadataValue::from_bytes(&[1, 2]));
+        let mut out = HeaderMap::new();
+        response_headers(&md, "grpc-metadata-", &mut out);
+        assert_eq!(out.get("grpc-metadata-x-rate").unwrap(), "5");
+        assert!(out.get("grpc-metadata-content-type").is_none());
+        assert_eq!(out.get("grpc-metadata-blob-bin").unwrap(), "AQI");
+    }
+}

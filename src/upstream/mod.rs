@@ -1,0 +1,11 @@
+//! Backends: shared tonic channels, the dynamic codec, metadata mapping and calls.
+
+mod backends;
+mod call;
+mod codec;
+mod metadata;
+
+pub use backends::{BackendChannel, Backends};
+pub use call::{server_stream, unary, ServerStream, UnaryReply};
+pub use codec::{DynamicCodec, Outgoing};
+pub use metadata::{request_metadata, response_headers};

@@ -1,0 +1,5 @@
+//! End-to-end tests: real tonic backends, the real gateway, real HTTP clients, all on loopback.
+
+mod support;
+
+mod smoke;

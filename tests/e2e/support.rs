@@ -1,0 +1,140 @@
+//! Shared set-up: a real mirror (or demo shop) backend and the real gateway on ephemeral loopback
+#![allow(dead_code)] // Each test module uses part of the harness.
+//! ports, and a real HTTP client.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use protogate::config::Config;
+use protogate::demo::{self, MirrorStats};
+use protogate::descriptors::{Registry, RegistryBuilder};
+use protogate::server;
+use protogate::snapshot::{Snapshot, SnapshotStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The repository root, from which test protos are found.
+pub(crate) fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The test protos compiled at runtime, as `--proto protos/test/v1/echo.proto --proto-path protos`.
+pub(crate) fn test_registry() -> Registry {
+    let mut builder = RegistryBuilder::new();
+    builder
+        .add_protos(
+            &[repo().join("protos/test/v1/echo.proto")],
+            &[repo().join("protos")],
+        )
+        .expect("test protos compile");
+    builder.build().expect("test registry builds")
+}
+
+/// A running gateway and its backend; both stop when this is dropped.
+pub(crate) struct Gateway {
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) base: String,
+    /// A plain HTTP client.
+    pub(crate) client: reqwest::Client,
+    /// The mirror's counters (None for the shop).
+    pub(crate) mirror: Option<Arc<MirrorStats>>,
+    /// The backend's address.
+    pub(crate) backend: std::net::SocketAddr,
+    /// The snapshot store, for tests that look at the route table.
+    pub(crate) store: Arc<SnapshotStore>,
+    _stop: watch::Sender<()>,
+}
+
+impl Gateway {
+    /// The test protos behind a mirror backend, with extra config TOML (may be empty).
+    pub(crate) async fn mirror(config_toml: &str) -> Gateway {
+        let registry = test_registry();
+        let (stop, stopped) = watch::channel(());
+        let (addr, stats) = demo::start_mirror(registry.pool().clone(), stopped.clone())
+            .await
+            .expect("mirror starts");
+        let mut config = Config::from_toml(config_toml, Path::new(".")).expect("test config");
+        config
+            .set_upstream(&format!("http://{addr}"))
+            .expect("upstream url");
+        Self::serve(config, registry, stop, stopped, Some(stats), addr).await
+    }
+
+    /// The demo shop behind the gateway, as `protogate demo` runs it.
+    pub(crate) async fn shop() -> Gateway {
+        let (stop, stopped) = watch::channel(());
+        let addrs = demo::start_shop(stopped.clone()).await.expect("shop starts");
+        let config = demo::shop_config(&addrs, Config::default());
+        let registry = demo::shop_registry().expect("shop descriptors");
+        Self::serve(config, registry, stop, stopped, None, addrs.catalog).await
+    }
+
+    /// The gateway over `registry` and `config`, whatever backend the config names.
+    pub(crate) async fn with(config: Config, registry: Registry) -> Gateway {
+        let (stop, stopped) = watch::channel(());
+        let addr = "127.0.0.1:9".parse().expect("addr");
+        Self::serve(config, registry, stop, stopped, None, addr).await
+    }
+
+    async fn serve(
+        config: Config,
+        registry: Registry,
+        stop: watch::Sender<()>,
+        mut stopped: watch::Receiver<()>,
+        mirror: Option<Arc<MirrorStats>>,
+        backend: std::net::SocketAddr,
+    ) -> Gateway {
+        let snapshot = Snapshot::build(Arc::new(config), registry, None).expect("snapshot builds");
+        let store = Arc::new(SnapshotStore::new(snapshot));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let serving = store.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.changed().await;
+            };
+            let _ = server::run(listener, serving, shutdown).await;
+        });
+        Gateway {
+            base,
+            client: reqwest::Client::new(),
+            mirror,
+            backend,
+            store,
+            _stop: stop,
+        }
+    }
+
+    /// `base` + `path`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// GET and parse the JSON body; returns (status, body).
+    pub(crate) async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = self.client.get(self.url(path)).send().await.expect("request");
+        read(resp).await
+    }
+
+    /// Send `method` with a JSON text body; returns (status, body).
+    pub(crate) async fn send(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = self
+            .client
+            .request(method, self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request");
+        read(resp).await
+    }
+}
+
+/// Status and JSON body of a response (Null when the body is not JSON).
+pub(crate) async fn read(resp: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.expect("body");
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}

@@ -26,6 +26,7 @@ const DEMO: &[&str] = &[
     "shop/v1/catalog.proto",
     "shop/v1/orders.proto",
     "shop/v1/users.proto",
+    "bench/v1/bench.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -51,6 +52,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ])?;
     // Well-known types map to prost-types, so no code is generated for google.protobuf.
     tonic_prost_build::configure()
+        // The benchmarks compare dynamic transcoding against generated code with serde.
+        .message_attribute(
+            ".bench.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"camelCase\", default)]",
+        )
         .build_client(true)
         .build_server(true)
         .compile_fds(code.file_descriptor_set())?;

@@ -72,6 +72,12 @@ impl GatewayError {
         Self::new(ErrorKind::InvalidRequest, message)
     }
 
+    /// The same error carrying the backend's response metadata, forwarded as headers.
+    pub fn with_metadata(mut self, metadata: tonic::metadata::MetadataMap) -> Self {
+        self.metadata = Some(Box::new(metadata));
+        self
+    }
+
     /// The kind of failure.
     pub fn kind(&self) -> &ErrorKind {
         &self.kind
@@ -172,6 +178,11 @@ impl GatewayError {
             ErrorKind::BadGateway
         } else if status.code() == Code::Unavailable && is_transport_failure(&status) {
             ErrorKind::Unavailable
+        } else if status.code() == Code::Cancelled && is_local_timeout(&status) {
+            // The channel enforces the deadline the gateway put in `grpc-timeout` and reports it
+            // as a locally made CANCELLED; it is the gateway's deadline passing, not a backend
+            // answer, and often fires a moment before the gateway's own timer.
+            ErrorKind::Timeout
         } else if status.code() == Code::Ok {
             // An OK status can only reach here through a protocol violation.
             ErrorKind::BadGateway
@@ -181,6 +192,7 @@ impl GatewayError {
         let text = match kind {
             ErrorKind::BadGateway => format!("bad response from backend: {message}"),
             ErrorKind::Unavailable => format!("backend unavailable: {message}"),
+            ErrorKind::Timeout => "the backend did not answer before the deadline".to_owned(),
             _ => message.to_owned(),
         };
         GatewayError {
@@ -194,6 +206,18 @@ impl GatewayError {
 
 fn is_transport_failure(status: &tonic::Status) -> bool {
     std::error::Error::source(status).is_some()
+}
+
+/// Whether tonic made the status because its own deadline layer fired.
+fn is_local_timeout(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 impl fmt::Display for GatewayError {
@@ -342,6 +366,20 @@ mod tests {
             err.http_status(&StatusTable::default()),
             StatusCode::BAD_GATEWAY
         );
+    }
+
+    #[test]
+    fn channel_deadline_is_a_timeout_but_backend_cancel_is_not() {
+        let local = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(local.code(), Code::Cancelled);
+        let err = GatewayError::from_status(local);
+        assert_eq!(err.kind(), &ErrorKind::Timeout);
+        assert_eq!(
+            err.http_status(&StatusTable::default()),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        let answered = GatewayError::from_status(tonic::Status::cancelled("Timeout expired"));
+        assert_eq!(answered.kind(), &ErrorKind::Status(Code::Cancelled));
     }
 
     #[test]

@@ -99,7 +99,12 @@ async fn call(
             ),
         )
     })?;
-    let metadata = upstream::request_metadata(&parts.headers, remote, &config.forward_headers);
+    let metadata = upstream::request_metadata(
+        &parts.headers,
+        parts.uri.authority().map(|a| a.as_str()),
+        remote,
+        &config.forward_headers,
+    );
     let mut grpc_request =
         tonic::Request::from_parts(metadata, Default::default(), Outgoing::Message(message));
     grpc_request.set_timeout(timeout);
@@ -117,7 +122,10 @@ async fn call(
             )
             .await
             .map_err(|_| deadline_exceeded(timeout))??;
-            let rendered = route.response.render(reply.message)?;
+            let rendered = route
+                .response
+                .render(reply.message)
+                .map_err(|err| err.with_metadata(reply.headers.clone()))?;
             let mut response = Response::new(Body::from(rendered.body));
             let headers = response.headers_mut();
             if let Ok(ct) = HeaderValue::from_str(&rendered.content_type) {

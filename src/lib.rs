@@ -27,6 +27,13 @@ pub mod proto {
             include!(concat!(env!("OUT_DIR"), "/shop.v1.rs"));
         }
     }
+    /// The benchmark service and messages.
+    pub mod bench {
+        /// Version 1.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/bench.v1.rs"));
+        }
+    }
     /// google.api and google.rpc messages.
     pub mod google {
         /// google.api: HttpRule, HttpBody.

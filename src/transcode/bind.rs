@@ -852,13 +852,15 @@ enum WellKnown {
     Wrapper,
     /// `google.protobuf.Value`: JSON if it parses, else a string.
     Value,
+    /// `google.protobuf.FieldMask`: comma-separated paths, see [`mask_path`].
+    FieldMask,
 }
 
 fn well_known(full_name: &str) -> Option<WellKnown> {
     let known = match full_name {
         "google.protobuf.Timestamp" => WellKnown::JsonString("an RFC 3339 timestamp"),
         "google.protobuf.Duration" => WellKnown::JsonString("a duration such as \"1.5s\""),
-        "google.protobuf.FieldMask" => WellKnown::JsonString("comma-separated field paths"),
+        "google.protobuf.FieldMask" => WellKnown::FieldMask,
         "google.protobuf.DoubleValue"
         | "google.protobuf.FloatValue"
         | "google.protobuf.Int64Value"
@@ -903,8 +905,46 @@ fn parse_message(
                 Reason::Invalid(format!("expected a JSON value, got {}", quoted(text)))
             })
         }
+        Some(WellKnown::FieldMask) => {
+            let not_a_mask = || Reason::Message(message.full_name().to_owned());
+            let field = message.get_field_by_name("paths").ok_or_else(not_a_mask)?;
+            let paths = text
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(|p| Value::String(mask_path(p)))
+                .collect();
+            let mut mask = DynamicMessage::new(message.clone());
+            mask.try_set_field(&field, Value::List(paths))
+                .map_err(|_| not_a_mask())?;
+            Ok(mask)
+        }
         None => Err(Reason::Message(message.full_name().to_owned())),
     }
+}
+
+/// One field mask path from a query: grpc-gateway takes paths as written, normally in proto names
+/// (`sub_field.count`); a segment in the lowerCamelCase JSON form (`subField`) is turned into the
+/// proto name, as the JSON mapping of FieldMask does.
+fn mask_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 4);
+    for (i, segment) in path.split('.').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if segment.contains('_') {
+            out.push_str(segment);
+            continue;
+        }
+        for c in segment.chars() {
+            if c.is_ascii_uppercase() {
+                out.push('_');
+                out.push(c.to_ascii_lowercase());
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1287,28 +1327,40 @@ message Legacy {
 
     #[test]
     fn field_mask_paths_become_field_names() {
-        let desc = everything();
-        let mut msg = DynamicMessage::new(desc);
-        bind_query(
-            &mut msg,
-            "mask=fInt32,fItem.quantity",
-            &[],
-            &BindOptions::default(),
-        )
-        .unwrap();
-        let mask = msg.get_field_by_name("mask").unwrap();
-        let paths = mask
-            .as_message()
-            .unwrap()
-            .get_field_by_name("paths")
-            .unwrap();
-        let paths: Vec<&str> = paths
-            .as_list()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_str().unwrap())
-            .collect();
-        assert_eq!(paths, ["f_int32", "f_item.quantity"]);
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "mask=fInt32,fItem.quantity",
+                &["f_int32", "f_item.quantity"],
+            ),
+            // Proto names as grpc-gateway takes them, alone or mixed with JSON names.
+            (
+                "mask=f_int32,f_item.quantity",
+                &["f_int32", "f_item.quantity"],
+            ),
+            (
+                "mask=r_string,fItem.inner.note",
+                &["r_string", "f_item.inner.note"],
+            ),
+            ("mask=a,,b", &["a", "b"]),
+            ("mask=", &[]),
+        ];
+        for (query, want) in cases {
+            let mut msg = DynamicMessage::new(everything());
+            bind_query(&mut msg, query, &[], &BindOptions::default()).unwrap();
+            let mask = msg.get_field_by_name("mask").unwrap();
+            let paths = mask
+                .as_message()
+                .unwrap()
+                .get_field_by_name("paths")
+                .unwrap();
+            let paths: Vec<&str> = paths
+                .as_list()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap())
+                .collect();
+            assert_eq!(paths, *want, "{query}");
+        }
     }
 
     #[test]

@@ -200,7 +200,8 @@ fn http_body(desc: &MessageDescriptor, content_type: Option<&str>, body: &Bytes)
 }
 
 /// Field mask paths (proto names) for every key present in a JSON object body, descending into
-/// nested messages; maps, lists and well-known types are leaves.
+/// nested messages; maps, lists, well-known types and empty objects are leaves (an empty object
+/// names the field itself, as in grpc-gateway, so `{"sub": {}}` masks `sub`).
 fn mask_paths(field: &FieldDescriptor, body: &Bytes) -> Result<Vec<String>, GatewayError> {
     let Kind::Message(desc) = field.kind() else {
         return Ok(Vec::new());
@@ -241,7 +242,7 @@ fn collect_paths(
                 if !field.is_list()
                     && !field.is_map()
                     && !inner.full_name().starts_with("google.protobuf.")
-                    && child.is_object() =>
+                    && child.as_object().is_some_and(|o| !o.is_empty()) =>
             {
                 collect_paths(&inner, child, &path, out);
             }

@@ -65,15 +65,26 @@ const RESERVED_RESPONSE: &[&str] = &[
 const METADATA_PREFIX: &str = "grpc-metadata-";
 
 /// Builds the metadata of a backend call from the client's headers.
+/// `authority` is the request URI's, which stands for `Host` over HTTP/2.
 pub fn request_metadata(
     headers: &HeaderMap,
+    authority: Option<&str>,
     remote: Option<SocketAddr>,
     allow: &[HeaderName],
 ) -> MetadataMap {
     let mut md = MetadataMap::with_capacity(headers.len() + 2);
+    // Headers named in `Connection` belong to this hop only (RFC 9110 §7.6.1).
+    let connection: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect();
     for (name, value) in headers {
         let key = name.as_str();
-        if HOP_BY_HOP.contains(&key) {
+        if HOP_BY_HOP.contains(&key) || connection.iter().any(|c| c == key) {
             continue;
         }
         if key == "authorization" {
@@ -87,10 +98,15 @@ pub fn request_metadata(
             insert(&mut md, key, value);
         }
     }
-    if !headers.contains_key("x-forwarded-host") {
-        if let Some(host) = headers.get(http::header::HOST) {
-            insert(&mut md, "x-forwarded-host", host);
-        }
+    // As grpc-gateway: the client's X-Forwarded-Host if it sent one, else its Host.
+    let host = headers
+        .get("x-forwarded-host")
+        .or_else(|| headers.get(http::header::HOST))
+        .map(HeaderValue::as_bytes)
+        .or(authority.map(str::as_bytes))
+        .and_then(|v| AsciiMetadataValue::try_from(v).ok());
+    if let Some(host) = host {
+        md.insert("x-forwarded-host", host);
     }
     if let Some(remote) = remote {
         let ip = remote.ip().to_string();
@@ -184,7 +200,7 @@ mod tests {
             ("grpc-metadata-trace-bin", "AQID"),
         ]);
         let allow = [HeaderName::from_static("x-custom")];
-        let md = request_metadata(&h, Some(SocketAddr::from(([10, 0, 0, 1], 5))), &allow);
+        let md = request_metadata(&h, None, Some(SocketAddr::from(([10, 0, 0, 1], 5))), &allow);
         assert_eq!(md.get("tenant").unwrap(), "acme");
         assert_eq!(md.get("authorization").unwrap(), "Bearer x");
         assert_eq!(md.get("grpcgateway-authorization").unwrap(), "Bearer x");
@@ -201,15 +217,53 @@ mod tests {
     #[test]
     fn bad_binary_and_names_are_skipped() {
         let h = headers(&[("grpc-metadata-x-bin", "***"), ("grpc-metadata-ok", "1")]);
-        let md = request_metadata(&h, None, &[]);
+        let md = request_metadata(&h, None, None, &[]);
         assert!(md.get_bin("x-bin").is_none());
         assert_eq!(md.get("ok").unwrap(), "1");
     }
 
     #[test]
+    fn connection_listed_headers_stay_on_this_hop() {
+        let h = headers(&[
+            ("connection", "keep-alive, X-Hop"),
+            ("connection", "grpc-metadata-private"),
+            ("x-hop", "1"),
+            ("x-custom", "kept"),
+            ("grpc-metadata-private", "no"),
+            ("grpc-metadata-public", "yes"),
+        ]);
+        let allow = [
+            HeaderName::from_static("x-hop"),
+            HeaderName::from_static("x-custom"),
+        ];
+        let md = request_metadata(&h, None, None, &allow);
+        assert!(md.get("x-hop").is_none());
+        assert!(md.get("private").is_none());
+        assert_eq!(md.get("x-custom").unwrap(), "kept");
+        assert_eq!(md.get("public").unwrap(), "yes");
+    }
+
+    #[test]
+    fn forwarded_host_keeps_the_clients_value() {
+        let h = headers(&[("host", "gw.internal"), ("x-forwarded-host", "api.example")]);
+        let allow = [HeaderName::from_static("x-forwarded-host")];
+        for allow in [&allow[..], &[]] {
+            let md = request_metadata(&h, None, None, allow);
+            let all: Vec<_> = md.get_all("x-forwarded-host").iter().collect();
+            assert_eq!(all, ["api.example"]);
+        }
+    }
+
+    #[test]
+    fn http2_authority_stands_for_host() {
+        let md = request_metadata(&HeaderMap::new(), Some("api.example:443"), None, &[]);
+        assert_eq!(md.get("x-forwarded-host").unwrap(), "api.example:443");
+    }
+
+    #[test]
     fn forwarded_for_appends() {
         let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
-        let md = request_metadata(&h, Some(SocketAddr::from(([127, 0, 0, 1], 1))), &[]);
+        let md = request_metadata(&h, None, Some(SocketAddr::from(([127, 0, 0, 1], 1))), &[]);
         assert_eq!(md.get("x-forwarded-for").unwrap(), "1.2.3.4, 127.0.0.1");
     }
 

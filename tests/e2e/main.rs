@@ -3,3 +3,10 @@
 mod support;
 
 mod smoke;
+
+mod errors;
+mod json;
+mod metadata;
+
+mod http_rules;
+mod query;

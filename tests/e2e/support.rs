@@ -63,7 +63,9 @@ impl Gateway {
     /// The demo shop behind the gateway, as `protogate demo` runs it.
     pub(crate) async fn shop() -> Gateway {
         let (stop, stopped) = watch::channel(());
-        let addrs = demo::start_shop(stopped.clone()).await.expect("shop starts");
+        let addrs = demo::start_shop(stopped.clone())
+            .await
+            .expect("shop starts");
         let config = demo::shop_config(&addrs, Config::default());
         let registry = demo::shop_registry().expect("shop descriptors");
         Self::serve(config, registry, stop, stopped, None, addrs.catalog).await
@@ -112,12 +114,22 @@ impl Gateway {
 
     /// GET and parse the JSON body; returns (status, body).
     pub(crate) async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let resp = self.client.get(self.url(path)).send().await.expect("request");
+        let resp = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
         read(resp).await
     }
 
     /// Send `method` with a JSON text body; returns (status, body).
-    pub(crate) async fn send(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    pub(crate) async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let resp = self
             .client

@@ -41,6 +41,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bundled.encode_file_descriptor_set(),
     )?;
 
+    // The load bench hands this set to a gateway process it starts.
+    let mut bench = protox::Compiler::new(["protos"])?;
+    bench.include_imports(true).include_source_info(false);
+    bench.open_files(["bench/v1/bench.proto"])?;
+    std::fs::write(out.join("bench.binpb"), bench.encode_file_descriptor_set())?;
+
     let mut code = protox::Compiler::new(["protos"])?;
     code.include_imports(true);
     code.open_files(DEMO)?;

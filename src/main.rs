@@ -40,6 +40,21 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Measure the gateway against direct gRPC on loopback (bounded in time and count).
+    Bench {
+        /// Concurrency levels (repeatable); every scenario runs at each.
+        #[arg(long, default_values_t = [1usize, 32])]
+        concurrency: Vec<usize>,
+        /// Measured seconds per scenario.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Warm-up seconds before each scenario.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// At most this many requests per scenario.
+        #[arg(long, default_value_t = 2_000_000)]
+        max_requests: usize,
+    },
     /// Start the bundled example shop services and the gateway in front of them.
     Demo {
         /// The gateway's address.
@@ -154,6 +169,31 @@ async fn run(command: Command) -> Result<(), String> {
             println!("wrote {} ({} bytes)", output.display(), set.len());
             Ok(())
         }
+        Command::Bench {
+            concurrency,
+            seconds,
+            warmup,
+            max_requests,
+        } => {
+            let valid = |s: f64| s.is_finite() && (0.0..=600.0).contains(&s);
+            if !valid(seconds)
+                || !valid(warmup)
+                || concurrency.iter().any(|&c| c == 0 || c > 10_000)
+            {
+                return Err(
+                    "--seconds and --warmup take 0 to 600, --concurrency 1 to 10000".into(),
+                );
+            }
+            let report = protogate::bench::run(protogate::bench::BenchOptions {
+                concurrency,
+                duration: std::time::Duration::from_secs_f64(seconds),
+                warmup: std::time::Duration::from_secs_f64(warmup),
+                max_requests,
+            })
+            .await?;
+            print!("{report}");
+            Ok(())
+        }
         Command::Demo { listen } => {
             let (_stop, stopped) = tokio::sync::watch::channel(());
             let addrs = demo::start_shop(stopped)
@@ -178,7 +218,9 @@ async fn serve(listen: SocketAddr, snapshot: Snapshot) -> Result<(), String> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    tracing::info!("listening on http://{listen}");
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    // On stdout, so a parent (the load bench, a script) can read the port chosen for :0.
+    println!("listening on http://{bound}");
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         telemetry::shutdown_signal().await;

@@ -1,6 +1,7 @@
 //! The bundled example services: the demo shop behind `protogate demo`, and a mirror backend for
 //! tests and benchmarks. All are real tonic servers on loopback ports.
 
+mod bench_service;
 mod mirror;
 mod shop;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use bench_service::BenchEcho;
 pub use mirror::{control, Mirror, MirrorStats};
 pub use shop::{Catalog, Orders, Users};
 
@@ -68,7 +70,8 @@ where
     S::Future: Send + 'static,
 {
     tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let stop = async move {
             let _ = shutdown.changed().await;
         };
@@ -80,6 +83,21 @@ where
             tracing::error!("demo service stopped: {err}");
         }
     });
+}
+
+/// The benchmark service's descriptor set (bench/v1/bench.proto with its imports).
+pub static BENCH_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench.binpb"));
+
+/// Starts the benchmark echo service on an ephemeral loopback port.
+pub async fn start_bench_backend(shutdown: watch::Receiver<()>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    spawn_server(
+        listener,
+        crate::proto::bench::v1::bench_service_server::BenchServiceServer::new(BenchEcho),
+        shutdown,
+    );
+    Ok(addr)
 }
 
 /// Starts a mirror backend for every service of `pool` on an ephemeral loopback port.

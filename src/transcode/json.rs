@@ -58,14 +58,32 @@ pub fn decode_message(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(DynamicMessage::new(desc));
     }
+    // Path tracking costs on every value, so it runs only to explain a failure.
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match DynamicMessage::deserialize_with_options(
+        desc.clone(),
+        &mut de,
+        &opts.deserialize_options(),
+    )
+    .and_then(|msg| de.end().map(|()| msg))
+    {
+        Ok(msg) => Ok(msg),
+        Err(_) => Err(explain(desc, body, opts, prefix)),
+    }
+}
+
+/// Parses a body known to be bad again, tracking the path, to name the field at fault.
+fn explain(desc: MessageDescriptor, body: &[u8], opts: &JsonOptions, prefix: &str) -> GatewayError {
     let mut de = serde_json::Deserializer::from_slice(body);
     let mut track = serde_path_to_error::Track::new();
     let tracked = serde_path_to_error::Deserializer::new(&mut de, &mut track);
-    let msg = DynamicMessage::deserialize_with_options(desc, tracked, &opts.deserialize_options())
-        .map_err(|err| body_error(serde_path_to_error::Error::new(track.path(), err), prefix))?;
-    de.end()
-        .map_err(|err| GatewayError::invalid(format!("malformed JSON: {err}")))?;
-    Ok(msg)
+    match DynamicMessage::deserialize_with_options(desc, tracked, &opts.deserialize_options()) {
+        Err(err) => body_error(serde_path_to_error::Error::new(track.path(), err), prefix),
+        Ok(_) => match de.end() {
+            Err(err) => GatewayError::invalid(format!("malformed JSON: {err}")),
+            Ok(()) => GatewayError::invalid("invalid request body"),
+        },
+    }
 }
 
 /// Reads a JSON body into one non-message field (scalar, repeated or map) of `parent`.

@@ -58,7 +58,6 @@ fn connect(definition: &Backend) -> Channel {
         Endpoint::from(uri.clone())
             .connect_timeout(definition.connect_timeout)
             .tcp_nodelay(true)
-            .http2_adaptive_window(true)
     });
     let mut endpoints: Vec<Endpoint> = endpoints.collect();
     if endpoints.len() == 1 {

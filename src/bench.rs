@@ -1,0 +1,373 @@
+//! The end-to-end load bench (`protogate bench`): a real tonic backend, the gateway in its own
+//! process, and a load generator, all on 127.0.0.1, with every scenario at the same concurrency in
+//! one run so the figures can be quoted as ratios to direct gRPC.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::demo;
+use crate::proto::bench::v1::{bench_service_client::BenchServiceClient, Small};
+
+/// How long and how hard to drive each scenario.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Concurrency levels; every scenario runs at each.
+    pub concurrency: Vec<usize>,
+    /// Measured time per scenario.
+    pub duration: Duration,
+    /// Unmeasured time before each scenario.
+    pub warmup: Duration,
+    /// A bound on requests per scenario, whatever the duration.
+    pub max_requests: usize,
+}
+
+/// One scenario's figures.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// Scenario name.
+    pub name: &'static str,
+    /// Concurrency it ran at.
+    pub concurrency: usize,
+    /// Completed requests.
+    pub requests: usize,
+    /// Failed requests (non-200 or transport error).
+    pub errors: usize,
+    /// Requests per second.
+    pub rps: f64,
+    /// Latency percentiles in microseconds: p50, p99, p99.9.
+    pub latency_us: [u64; 3],
+    /// Gateway CPU time per request in microseconds (None for direct gRPC).
+    pub gateway_cpu_us: Option<f64>,
+}
+
+/// Runs the whole bench and returns the report as text.
+pub async fn run(options: BenchOptions) -> Result<String, String> {
+    let (_stop, stopped) = tokio::sync::watch::channel(());
+    let backend = demo::start_bench_backend(stopped)
+        .await
+        .map_err(|e| format!("bench backend: {e}"))?;
+    let mut gateway = GatewayProcess::start(backend).await?;
+    let http = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .build_http::<Full<Bytes>>();
+    let grpc = BenchServiceClient::connect(format!("http://{backend}"))
+        .await
+        .map_err(|e| format!("connecting to the bench backend: {e}"))?;
+
+    let mut out = String::new();
+    out.push_str(&format!(
+        "protogate load bench: backend {backend}, gateway pid {} at {}; {} s per scenario after {} s warm-up\n",
+        gateway.pid,
+        gateway.addr,
+        options.duration.as_secs_f64(),
+        options.warmup.as_secs_f64()
+    ));
+    let small_json =
+        Bytes::from(serde_json::to_vec(&small()).map_err(|e| format!("bench body: {e}"))?);
+    let post_uri: http::Uri = format!("http://{}/v1/echo", gateway.addr)
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let get_uri: http::Uri = format!(
+        "http://{}/v1/echo/widget?count=42&total=123456789&active=true&score=98.5",
+        gateway.addr
+    )
+    .parse()
+    .map_err(|e| format!("{e}"))?;
+
+    for &concurrency in &options.concurrency {
+        let direct = {
+            let grpc = grpc.clone();
+            drive("a) gRPC direct", concurrency, &options, None, move || {
+                let mut client = grpc.clone();
+                async move { client.echo(small()).await.is_ok() }
+            })
+            .await
+        };
+        let post = {
+            let (http, uri, body) = (http.clone(), post_uri.clone(), small_json.clone());
+            drive(
+                "b) REST POST JSON",
+                concurrency,
+                &options,
+                Some(&mut gateway),
+                move || send(http.clone(), http::Method::POST, uri.clone(), body.clone()),
+            )
+            .await
+        };
+        let get = {
+            let (http, uri) = (http.clone(), get_uri.clone());
+            drive(
+                "c) REST GET path+query",
+                concurrency,
+                &options,
+                Some(&mut gateway),
+                move || send(http.clone(), http::Method::GET, uri.clone(), Bytes::new()),
+            )
+            .await
+        };
+        out.push_str(&format!("\nconcurrency {concurrency}\n"));
+        out.push_str(&format!(
+            "{:<24} {:>10} {:>8} {:>9} {:>9} {:>9} {:>12} {:>10} {:>12}\n",
+            "scenario",
+            "req/s",
+            "errors",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "gw CPU µs/req",
+            "rps ratio",
+            "+p50 µs"
+        ));
+        for f in [&direct, &post, &get] {
+            let ratio = f.rps / direct.rps.max(f64::MIN_POSITIVE);
+            let added = f.latency_us[0] as i64 - direct.latency_us[0] as i64;
+            out.push_str(&format!(
+                "{:<24} {:>10.0} {:>8} {:>9} {:>9} {:>9} {:>12} {:>10.2} {:>12}\n",
+                f.name,
+                f.rps,
+                f.errors,
+                f.latency_us[0],
+                f.latency_us[1],
+                f.latency_us[2],
+                f.gateway_cpu_us
+                    .map_or("-".to_owned(), |c| format!("{c:.1}")),
+                ratio,
+                if f.gateway_cpu_us.is_some() {
+                    added.to_string()
+                } else {
+                    "-".to_owned()
+                },
+            ));
+        }
+    }
+    out.push_str("d) WebSocket bidi stream   n/a: WebSocket streaming is not implemented yet\n");
+    out.push_str(&format!(
+        "\ngateway peak RSS: {} KiB\n",
+        gateway.peak_rss_kib().unwrap_or(0)
+    ));
+    gateway.stop().await;
+    Ok(out)
+}
+
+fn small() -> Small {
+    Small {
+        name: "widget".into(),
+        count: 42,
+        total: 123_456_789,
+        active: true,
+        score: 98.5,
+    }
+}
+
+async fn send(
+    client: Client<HttpConnector, Full<Bytes>>,
+    method: http::Method,
+    uri: http::Uri,
+    body: Bytes,
+) -> bool {
+    let mut request = http::Request::new(Full::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    request.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    match client.request(request).await {
+        Ok(response) => {
+            let ok = response.status() == http::StatusCode::OK;
+            ok && response.into_body().collect().await.is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// Drives `call` from `concurrency` tasks: a warm-up, then a measured window bounded in time and
+/// count. Gateway CPU is read from its /proc entry around the measured window.
+async fn drive<F, Fut>(
+    name: &'static str,
+    concurrency: usize,
+    options: &BenchOptions,
+    gateway: Option<&mut GatewayProcess>,
+    call: F,
+) -> Figures
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let warm_until = Instant::now() + options.warmup;
+    run_tasks(concurrency, warm_until, usize::MAX, call.clone()).await;
+    let cpu_before = gateway.as_ref().and_then(|g| g.cpu_time());
+    let started = Instant::now();
+    let per_task = options.max_requests / concurrency.max(1);
+    let results = run_tasks(concurrency, started + options.duration, per_task, call).await;
+    let elapsed = started.elapsed();
+    let cpu_after = gateway.as_ref().and_then(|g| g.cpu_time());
+    let mut latencies: Vec<u32> = Vec::new();
+    let mut errors = 0;
+    for (lat, errs) in results {
+        latencies.extend(lat);
+        errors += errs;
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        if latencies.is_empty() {
+            return 0;
+        }
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        u64::from(latencies[i])
+    };
+    let requests = latencies.len();
+    let gateway_cpu_us = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if requests > 0 => {
+            Some((after - before).as_secs_f64() * 1e6 / requests as f64)
+        }
+        _ => None,
+    };
+    Figures {
+        name,
+        concurrency,
+        requests,
+        errors,
+        rps: requests as f64 / elapsed.as_secs_f64(),
+        latency_us: [pct(0.50), pct(0.99), pct(0.999)],
+        gateway_cpu_us,
+    }
+}
+
+async fn run_tasks<F, Fut>(
+    concurrency: usize,
+    until: Instant,
+    per_task: usize,
+    call: Arc<F>,
+) -> Vec<(Vec<u32>, usize)>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_task.min(1 << 20));
+                let mut errors = 0;
+                while Instant::now() < until && latencies.len() < per_task {
+                    let t = Instant::now();
+                    if call().await {
+                        latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        if let Ok(result) = task.await {
+            out.push(result);
+        }
+    }
+    out
+}
+
+/// The gateway under test, in its own process so its CPU and memory are its own.
+struct GatewayProcess {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl GatewayProcess {
+    async fn start(backend: SocketAddr) -> Result<GatewayProcess, String> {
+        let dir = TempDir::new()?;
+        let set = dir.path.join("bench.binpb");
+        std::fs::write(&set, demo::BENCH_DESCRIPTORS).map_err(|e| format!("{e}"))?;
+        let exe = std::env::current_exe().map_err(|e| format!("{e}"))?;
+        let mut child = Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0", "--descriptor-set"])
+            .arg(&set)
+            .args(["--upstream", &format!("http://{backend}")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting the gateway: {e}"))?;
+        let pid = child.id().ok_or("the gateway exited at once")?;
+        let stdout = child.stdout.take().ok_or("no gateway stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    return addr.trim().parse::<SocketAddr>().ok();
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or("the gateway did not report its address")?;
+        Ok(GatewayProcess {
+            child,
+            pid,
+            addr,
+            _dir: dir,
+        })
+    }
+
+    /// utime + stime of the gateway process, from /proc (USER_HZ is 100 on Linux).
+    fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(Duration::from_millis((utime + stime) * 10))
+    }
+
+    /// The gateway's peak resident set size.
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// A scratch folder removed on drop.
+struct TempDir {
+    path: std::path::PathBuf,
+}
+
+impl TempDir {
+    fn new() -> Result<TempDir, String> {
+        let path = std::env::temp_dir().join(format!("protogate-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

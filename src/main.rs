@@ -1,5 +1,6 @@
 //! The protogate command line: clap → telemetry → config → bind → serve.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,10 @@ use tokio::net::TcpListener;
 use protogate::config::Config;
 use protogate::snapshot::{Snapshot, SnapshotStore};
 use protogate::{demo, descriptors, server, telemetry};
+
+// glibc malloc took a tenth of the gateway's CPU under load, much of it in lock contention.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// An API gateway that serves gRPC services as REST/JSON from descriptors loaded at runtime.
 #[derive(Debug, Parser)]
@@ -206,24 +211,43 @@ async fn run(command: Command) -> Result<(), String> {
             let config = Arc::new(demo::shop_config(&addrs, config));
             let registry = demo::shop_registry().map_err(|e| e.to_string())?;
             let snapshot = Snapshot::build(config, registry, None).map_err(|e| e.to_string())?;
-            println!("{}", demo::instructions(listen));
-            serve(listen, snapshot).await
+            // Bound first, so the commands printed name the real port when `listen` ends in :0.
+            let listener = bind(listen).await?;
+            let bound = listener.local_addr().map_err(|e| e.to_string())?;
+            println!("{}", demo::instructions(bound));
+            serve_on(listener, snapshot).await
         }
     }
 }
 
+async fn bind(listen: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))
+}
+
 async fn serve(listen: SocketAddr, snapshot: Snapshot) -> Result<(), String> {
+    serve_on(bind(listen).await?, snapshot).await
+}
+
+async fn serve_on(listener: TcpListener, snapshot: Snapshot) -> Result<(), String> {
     let grace = snapshot.config.shutdown_grace;
     let store = Arc::new(SnapshotStore::new(snapshot));
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    // The signal handlers are installed on the first poll; do it before announcing the port, or a
+    // parent that reads the line and signals at once kills the process (SIGTERM's default action)
+    // instead of stopping it gracefully.
+    let mut signal = Box::pin(telemetry::shutdown_signal());
+    let signalled =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(signal.as_mut().poll(cx).is_ready()))
+            .await;
     // On stdout, so a parent (the load bench, a script) can read the port chosen for :0.
     println!("listening on http://{bound}");
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
-        telemetry::shutdown_signal().await;
+        if !signalled {
+            signal.await;
+        }
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         let _ = signalled_tx.send(());
     };

@@ -98,6 +98,12 @@ impl GatewayError {
         self.metadata.as_deref()
     }
 
+    /// Whether the backend refused the connection, so the request was never sent.
+    pub fn is_connect_failure(&self) -> bool {
+        // tonic reports a failed connect as a transport error whose text says so.
+        self.kind == ErrorKind::Unavailable && self.message.contains("connect error")
+    }
+
     /// Who must act on this error.
     pub fn source(&self) -> ErrorSource {
         match self.kind {

@@ -105,18 +105,19 @@ async fn call(
         remote,
         &config.forward_headers,
     );
-    let mut grpc_request =
-        tonic::Request::from_parts(metadata, Default::default(), Outgoing::Message(message));
-    grpc_request.set_timeout(timeout);
-    let channel = backend.channel.clone();
+    let parts = upstream::CallParts {
+        metadata,
+        message: Outgoing::Message(message),
+        timeout,
+    };
     match route.kind {
         CallKind::Unary => {
             let reply = tokio::time::timeout(
                 timeout,
                 upstream::unary(
-                    channel,
+                    backend,
                     route.grpc_path.clone(),
-                    grpc_request,
+                    parts,
                     config.max_response_bytes,
                 ),
             )
@@ -139,9 +140,9 @@ async fn call(
             let stream = tokio::time::timeout(
                 timeout,
                 upstream::server_stream(
-                    channel,
+                    backend,
                     route.grpc_path.clone(),
-                    grpc_request,
+                    parts,
                     config.max_response_bytes,
                 ),
             )

@@ -427,9 +427,16 @@ pub fn compile_protos(
                 }
             })
             .unwrap_or(file);
-        compiler
-            .open_file(rel)
-            .map_err(|err| DescriptorError::Compile(format!("{}: {err}", file.display())))?;
+        compiler.open_file(rel).map_err(|err| {
+            // An error inside an import names the import, not only the file that was asked for.
+            let at = match err.file() {
+                Some(name) if Path::new(name) != rel => {
+                    format!("{name} (imported by {})", file.display())
+                }
+                _ => file.display().to_string(),
+            };
+            DescriptorError::Compile(format!("{at}: {err}"))
+        })?;
     }
     // The encoded form keeps custom options such as google.api.http; prost-types would drop them.
     Ok(compiler.encode_file_descriptor_set())

@@ -1,21 +1,100 @@
-//! One shared HTTP/2 connection pool (a tonic Channel) per configured backend.
+//! One shared HTTP/2 connection per address of each configured backend, with calls spread over the
+//! addresses round-robin and an address that refuses connections skipped for a while.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{Backend, BackendName, Config};
 
-/// A backend's channel with the definition it was made from.
-#[derive(Debug, Clone)]
+/// How long an address that refused a connection is passed over.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// One address of a backend.
+#[derive(Debug)]
+struct Address {
+    channel: Channel,
+    /// Milliseconds since `BackendChannel::epoch` until which the address is passed over.
+    down_until_ms: AtomicU64,
+}
+
+/// A backend's connections with the definition they were made from.
+#[derive(Debug)]
 pub struct BackendChannel {
     /// Its name in the config.
     pub name: BackendName,
-    /// Cheap to clone; every clone shares the same connections.
-    pub channel: Channel,
     /// Its definition, compared on reload so unchanged backends keep their warm connections.
     pub definition: Backend,
+    addresses: Vec<Address>,
+    next: AtomicUsize,
+    epoch: Instant,
+}
+
+impl BackendChannel {
+    fn new(name: BackendName, definition: Backend) -> BackendChannel {
+        let addresses = definition
+            .addresses
+            .iter()
+            .map(|uri| Address {
+                channel: Endpoint::from(uri.clone())
+                    .connect_timeout(definition.connect_timeout)
+                    .tcp_nodelay(true)
+                    .connect_lazy(),
+                down_until_ms: AtomicU64::new(0),
+            })
+            .collect();
+        BackendChannel {
+            name,
+            definition,
+            addresses,
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// How many addresses it has.
+    pub fn len(&self) -> usize {
+        self.addresses.len()
+    }
+
+    /// Whether it has no address (never true of a checked config).
+    pub fn is_empty(&self) -> bool {
+        self.addresses.is_empty()
+    }
+
+    /// The addresses to try for one call, in order: round-robin from the next one, those not
+    /// marked down first, so a call still goes somewhere when every address is down.
+    pub fn candidates(&self) -> impl Iterator<Item = (usize, &Channel)> + '_ {
+        let n = self.addresses.len();
+        let start = if n > 1 {
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        } else {
+            0
+        };
+        let now = self.now_ms();
+        let order = (0..n).map(move |k| (start + k) % n);
+        let up = order
+            .clone()
+            .filter(move |&i| self.addresses[i].down_until_ms.load(Ordering::Relaxed) <= now);
+        let down =
+            order.filter(move |&i| self.addresses[i].down_until_ms.load(Ordering::Relaxed) > now);
+        up.chain(down).map(|i| (i, &self.addresses[i].channel))
+    }
+
+    /// Passes over address `i` for a while: it refused a connection.
+    pub fn mark_down(&self, i: usize) {
+        if let Some(address) = self.addresses.get(i) {
+            let until = self.now_ms() + DOWN_FOR.as_millis() as u64;
+            address.down_until_ms.store(until, Ordering::Relaxed);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
 }
 
 /// All backends of a snapshot.
@@ -35,13 +114,8 @@ impl Backends {
                 .and_then(|p| p.by_name.get(name))
                 .filter(|b| &b.definition == definition)
                 .cloned();
-            let backend = reused.unwrap_or_else(|| {
-                Arc::new(BackendChannel {
-                    name: name.clone(),
-                    channel: connect(definition),
-                    definition: definition.clone(),
-                })
-            });
+            let backend = reused
+                .unwrap_or_else(|| Arc::new(BackendChannel::new(name.clone(), definition.clone())));
             by_name.insert(name.clone(), backend);
         }
         Backends { by_name }
@@ -51,19 +125,4 @@ impl Backends {
     pub fn get(&self, name: &BackendName) -> Option<&Arc<BackendChannel>> {
         self.by_name.get(name)
     }
-}
-
-fn connect(definition: &Backend) -> Channel {
-    let endpoints = definition.addresses.iter().map(|uri| {
-        Endpoint::from(uri.clone())
-            .connect_timeout(definition.connect_timeout)
-            .tcp_nodelay(true)
-    });
-    let mut endpoints: Vec<Endpoint> = endpoints.collect();
-    if endpoints.len() == 1 {
-        if let Some(endpoint) = endpoints.pop() {
-            return endpoint.connect_lazy();
-        }
-    }
-    Channel::balance_list(endpoints.into_iter())
 }

@@ -6,8 +6,72 @@ use tonic::client::Grpc;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 
+use super::backends::BackendChannel;
 use super::codec::{DynamicCodec, Outgoing};
 use crate::error::{ErrorKind, GatewayError};
+
+/// What one call sends, whichever address it goes to.
+#[derive(Debug)]
+pub struct CallParts {
+    /// Request metadata.
+    pub metadata: MetadataMap,
+    /// The request message.
+    pub message: Outgoing,
+    /// The deadline, sent as `grpc-timeout`.
+    pub timeout: std::time::Duration,
+}
+
+impl CallParts {
+    fn request(self) -> tonic::Request<Outgoing> {
+        let mut request =
+            tonic::Request::from_parts(self.metadata, Default::default(), self.message);
+        request.set_timeout(self.timeout);
+        request
+    }
+}
+
+/// Runs `call` on the backend's addresses in turn until one connects: a refused connection means
+/// the request was never sent, so trying the next address is safe for any method.
+async fn on_some_address<T, F, Fut>(
+    backend: &BackendChannel,
+    parts: CallParts,
+    call: F,
+) -> Result<T, GatewayError>
+where
+    F: Fn(Channel, tonic::Request<Outgoing>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, GatewayError>>,
+{
+    if backend.len() <= 1 {
+        let Some((_, channel)) = backend.candidates().next() else {
+            return Err(GatewayError::new(
+                ErrorKind::Unavailable,
+                "backend has no address",
+            ));
+        };
+        return call(channel.clone(), parts.request()).await;
+    }
+    // Encoded once, so each attempt clones bytes rather than a message.
+    let parts = CallParts {
+        message: parts.message.encoded(),
+        ..parts
+    };
+    let mut last = None;
+    for (i, channel) in backend.candidates() {
+        let attempt = CallParts {
+            metadata: parts.metadata.clone(),
+            message: parts.message.clone(),
+            timeout: parts.timeout,
+        };
+        match call(channel.clone(), attempt.request()).await {
+            Err(err) if err.is_connect_failure() => {
+                backend.mark_down(i);
+                last = Some(err);
+            }
+            other => return other,
+        }
+    }
+    Err(last.unwrap_or_else(|| GatewayError::new(ErrorKind::Unavailable, "backend has no address")))
+}
 
 /// A unary answer: response headers, the one message, and the trailers, kept apart so headers
 /// and trailers can be forwarded under their own prefixes.
@@ -23,6 +87,18 @@ pub struct UnaryReply {
 
 /// Makes one unary call. The deadline is the caller's: wrap this in a timeout.
 pub async fn unary(
+    backend: &BackendChannel,
+    path: PathAndQuery,
+    parts: CallParts,
+    max_response_bytes: usize,
+) -> Result<UnaryReply, GatewayError> {
+    on_some_address(backend, parts, |channel, request| {
+        unary_on(channel, path.clone(), request, max_response_bytes)
+    })
+    .await
+}
+
+async fn unary_on(
     channel: Channel,
     path: PathAndQuery,
     request: tonic::Request<Outgoing>,
@@ -92,6 +168,18 @@ impl std::fmt::Debug for ServerStream {
 
 /// Opens a server-streaming call; the caller's timeout covers the wait for response headers.
 pub async fn server_stream(
+    backend: &BackendChannel,
+    path: PathAndQuery,
+    parts: CallParts,
+    max_response_bytes: usize,
+) -> Result<ServerStream, GatewayError> {
+    on_some_address(backend, parts, |channel, request| {
+        server_stream_on(channel, path.clone(), request, max_response_bytes)
+    })
+    .await
+}
+
+async fn server_stream_on(
     channel: Channel,
     path: PathAndQuery,
     request: tonic::Request<Outgoing>,

@@ -16,6 +16,16 @@ pub enum Outgoing {
     Encoded(Bytes),
 }
 
+impl Outgoing {
+    /// The same message, encoded, so copies are cheap.
+    pub fn encoded(self) -> Outgoing {
+        match self {
+            Outgoing::Message(msg) => Outgoing::Encoded(msg.encode_to_vec().into()),
+            encoded => encoded,
+        }
+    }
+}
+
 /// The codec for every backend call: [`Outgoing`] in, raw message bytes out.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DynamicCodec;

@@ -10,3 +10,8 @@ mod metadata;
 
 mod http_rules;
 mod query;
+
+mod cli;
+mod descriptors;
+mod shutdown;
+mod upstream;

@@ -1,0 +1,80 @@
+//! Backends with several addresses share one pool that spreads calls over them.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use protogate::config::Config;
+use protogate::demo;
+use tokio::sync::watch;
+
+use crate::support::{test_registry, Gateway};
+
+#[tokio::test]
+async fn calls_are_balanced_over_every_address_of_a_backend() {
+    let registry = test_registry();
+    let (_stop, stopped) = watch::channel(());
+    let (a, stats_a) = demo::start_mirror(registry.pool().clone(), stopped.clone())
+        .await
+        .expect("mirror a");
+    let (b, stats_b) = demo::start_mirror(registry.pool().clone(), stopped)
+        .await
+        .expect("mirror b");
+    let toml = format!(
+        r#"
+        default_backend = "pair"
+        [backends.pair]
+        addresses = ["http://{a}", "http://{b}"]
+        "#
+    );
+    let config = Config::from_toml(&toml, Path::new(".")).expect("config");
+    let gw = Gateway::with(config, registry).await;
+    for i in 0..40 {
+        let (status, body) = gw.get(&format!("/v1/messages/{i}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["messageId"], i.to_string());
+    }
+    let (ca, cb) = (
+        stats_a.calls.load(Ordering::Relaxed),
+        stats_b.calls.load(Ordering::Relaxed),
+    );
+    assert_eq!(ca + cb, 40);
+    assert!(ca > 0 && cb > 0, "one address got every call: {ca} vs {cb}");
+}
+
+#[tokio::test]
+async fn an_address_that_is_down_is_avoided() {
+    let registry = test_registry();
+    let (_stop, stopped) = watch::channel(());
+    let (up, stats) = demo::start_mirror(registry.pool().clone(), stopped)
+        .await
+        .expect("mirror");
+    // A port that was bound and released: nothing listens there.
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let toml = format!(
+        r#"
+        default_backend = "pair"
+        default_timeout = "5s"
+        [backends.pair]
+        addresses = ["http://{down}", "http://{up}"]
+        connect_timeout = "500ms"
+        "#
+    );
+    let config = Config::from_toml(&toml, Path::new(".")).expect("config");
+    let gw = Gateway::with(config, registry).await;
+    let mut ok = 0;
+    for i in 0..10 {
+        let path = format!("/v1/messages/{i}");
+        let (status, _) = tokio::time::timeout(Duration::from_secs(10), gw.get(&path))
+            .await
+            .expect("a request to a half-down backend must not hang");
+        if status == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 10, "the live address should serve every call");
+    assert_eq!(stats.calls.load(Ordering::Relaxed), 10);
+}

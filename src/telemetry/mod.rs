@@ -9,6 +9,8 @@ pub fn init() {
         .with_env_filter(filter)
         .with_target(true)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in a file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

@@ -88,6 +88,8 @@ where
     // From the repository root, so relative paths read as in the docs.
     cmd.args(args)
         .current_dir(support::repo())
+        // The log level the docs promise, whatever the environment running the tests says.
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -575,4 +577,62 @@ async fn demo_instructions_all_work() {
         }
     }
     assert_eq!(not_found, 1, "exactly one line is commented as a 404");
+}
+
+#[tokio::test]
+async fn each_request_writes_one_access_log_line() {
+    let mirror = MirrorBackend::start().await;
+    let served = Served::start([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--proto",
+        "protos/test/v1/echo.proto",
+        "--proto-path",
+        "protos",
+        "--upstream",
+        &mirror.url,
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let ok = client
+        .get(served.url("/v1/messages/42?revision=1"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(ok.status(), 200);
+    let missing = client
+        .get(served.url("/nowhere"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(missing.status(), 404);
+    served.terminate();
+    let (status, stderr) = served.exit_within(PATIENCE).await;
+    assert!(status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("protogate::access"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    let hit = lines[0];
+    for part in [
+        "method=GET",
+        "path=/v1/messages/42",
+        "route=\"/v1/messages/{message_id}\"",
+        "grpc_method=\"test.v1.Echo.GetMessage\"",
+        "status=200",
+        "latency_us=",
+    ] {
+        assert!(hit.contains(part), "{part} missing from {hit}");
+    }
+    assert!(
+        !hit.contains('\u{1b}'),
+        "colour codes in a piped log: {hit}"
+    );
+    assert!(
+        lines[1].contains("status=404") && lines[1].contains("route=\"-\""),
+        "{}",
+        lines[1]
+    );
 }

@@ -13,5 +13,6 @@ mod query;
 
 mod cli;
 mod descriptors;
+mod raw_backend;
 mod shutdown;
 mod upstream;

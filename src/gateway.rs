@@ -210,8 +210,7 @@ fn deadline(headers: &HeaderMap, route: Duration) -> Result<Duration, GatewayErr
         let parsed = text
             .parse::<f64>()
             .ok()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
             .or_else(|| humantime::parse_duration(text).ok());
         Some(parsed.ok_or_else(|| {
             GatewayError::invalid(
@@ -314,5 +313,10 @@ mod tests {
         );
         h.insert("x-request-timeout", HeaderValue::from_static("soon"));
         assert!(deadline(&h, Duration::from_secs(10)).is_err());
+        // Values no Duration can hold are refused, not a panic.
+        for huge in ["1e300", "-1", "NaN", "inf"] {
+            h.insert("x-request-timeout", HeaderValue::from_static(huge));
+            assert!(deadline(&h, Duration::from_secs(10)).is_err(), "{huge}");
+        }
     }
 }

@@ -54,6 +54,8 @@ pub struct GatewayError {
     details: Bytes,
     /// Response metadata and trailers from the backend, forwarded as headers.
     metadata: Option<Box<tonic::metadata::MetadataMap>>,
+    /// The connection to the backend could not be made, so nothing was sent.
+    connect_failure: bool,
 }
 
 impl GatewayError {
@@ -64,6 +66,7 @@ impl GatewayError {
             message: message.into(),
             details: Bytes::new(),
             metadata: None,
+            connect_failure: false,
         }
     }
 
@@ -83,9 +86,17 @@ impl GatewayError {
         &self.kind
     }
 
-    /// The client-facing message.
+    /// The message, with its details: for logs.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The message the client sees: a gateway fault's details stay in the logs.
+    pub fn client_message(&self) -> &str {
+        match self.kind {
+            ErrorKind::Internal => "internal error",
+            _ => &self.message,
+        }
     }
 
     /// The backend's encoded google.rpc.Status, empty when there is none.
@@ -100,8 +111,7 @@ impl GatewayError {
 
     /// Whether the backend refused the connection, so the request was never sent.
     pub fn is_connect_failure(&self) -> bool {
-        // tonic reports a failed connect as a transport error whose text says so.
-        self.kind == ErrorKind::Unavailable && self.message.contains("connect error")
+        self.kind == ErrorKind::Unavailable && self.connect_failure
     }
 
     /// Who must act on this error.
@@ -150,8 +160,8 @@ impl GatewayError {
         }
     }
 
-    /// Headers the status requires: `Allow` on 405, `WWW-Authenticate` on 401.
-    pub fn extra_headers(&self, table: &StatusTable) -> Vec<(http::HeaderName, HeaderValue)> {
+    /// Headers the error requires: `Allow` on 405, `WWW-Authenticate` on UNAUTHENTICATED.
+    pub fn extra_headers(&self) -> Vec<(http::HeaderName, HeaderValue)> {
         let mut headers = Vec::new();
         if let ErrorKind::MethodNotAllowed(allow) = &self.kind {
             let list = allow
@@ -163,7 +173,8 @@ impl GatewayError {
                 headers.push((http::header::ALLOW, value));
             }
         }
-        if self.http_status(table) == StatusCode::UNAUTHORIZED {
+        // Keyed on the code, as grpc-gateway does, so an override of the status keeps it.
+        if self.code() == Code::Unauthenticated {
             headers.push((
                 http::header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer"),
@@ -189,6 +200,11 @@ impl GatewayError {
             // as a locally made CANCELLED; it is the gateway's deadline passing, not a backend
             // answer, and often fires a moment before the gateway's own timer.
             ErrorKind::Timeout
+        } else if status.code() == Code::OutOfRange
+            && message.starts_with("Error, decoded message length too large")
+        {
+            // tonic's own limit on what the backend sent: the backend's fault, not the client's.
+            ErrorKind::BadGateway
         } else if status.code() == Code::Ok {
             // An OK status can only reach here through a protocol violation.
             ErrorKind::BadGateway
@@ -206,12 +222,42 @@ impl GatewayError {
             message: text,
             details: status.details().to_vec().into(),
             metadata: Some(Box::new(status.metadata().clone())),
+            connect_failure: is_connect_failure(&status),
         }
     }
 }
 
 fn is_transport_failure(status: &tonic::Status) -> bool {
     std::error::Error::source(status).is_some()
+}
+
+/// A refused or failed TCP connect somewhere in the error's causes.
+fn is_connect_failure(status: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::AddrNotAvailable
+            ) {
+                return true;
+            }
+        }
+        if let Some(hyper) = err.downcast_ref::<hyper_util::client::legacy::Error>() {
+            if hyper.is_connect() {
+                return true;
+            }
+        }
+        // tonic's ConnectError is private; its text is the last resort.
+        if err.to_string().contains("connect error") {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// Whether tonic made the status because its own deadline layer fired.
@@ -389,9 +435,40 @@ mod tests {
     }
 
     #[test]
+    fn oversized_backend_message_is_bad_gateway() {
+        let err = GatewayError::from_status(tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes",
+        ));
+        assert_eq!(err.kind(), &ErrorKind::BadGateway);
+        let backend = GatewayError::from_status(tonic::Status::out_of_range("page 9 of 4"));
+        assert_eq!(backend.kind(), &ErrorKind::Status(Code::OutOfRange));
+    }
+
+    #[test]
+    fn internal_details_stay_out_of_the_client_message() {
+        let err = GatewayError::new(ErrorKind::Internal, "serializer said: secret");
+        assert_eq!(err.client_message(), "internal error");
+        assert!(err.message().contains("secret"));
+    }
+
+    #[test]
+    fn www_authenticate_follows_the_code_not_the_status() {
+        let table = StatusTable::with_overrides(HashMap::from([(
+            Code::Unauthenticated,
+            StatusCode::FORBIDDEN,
+        )]));
+        let err = GatewayError::new(ErrorKind::Status(Code::Unauthenticated), "no");
+        assert_eq!(err.http_status(&table), StatusCode::FORBIDDEN);
+        assert!(err
+            .extra_headers()
+            .iter()
+            .any(|(name, _)| name == http::header::WWW_AUTHENTICATE));
+    }
+
+    #[test]
     fn unauthenticated_adds_www_authenticate() {
         let err = GatewayError::new(ErrorKind::Status(Code::Unauthenticated), "no");
-        let headers = err.extra_headers(&StatusTable::default());
+        let headers = err.extra_headers();
         assert!(headers
             .iter()
             .any(|(name, _)| name == http::header::WWW_AUTHENTICATE));

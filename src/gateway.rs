@@ -266,7 +266,7 @@ pub fn error_response(snapshot: &Snapshot, err: &GatewayError) -> Response<Body>
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, JSON);
-    for (name, value) in err.extra_headers(table) {
+    for (name, value) in err.extra_headers() {
         headers.insert(name, value);
     }
     if let Some(md) = err.metadata() {

@@ -244,9 +244,16 @@ impl Config {
         }
 
         let json = merge_json(JsonOptions::default(), &raw.json, "json", &mut problems);
-        let mut services = Vec::new();
+        // In name order a package comes before everything under it, so each rule can start from
+        // the most specific rule above it and override only what it names.
+        let mut services: Vec<ServiceRule> = Vec::new();
         for (pattern, service) in &raw.services {
             let key = format!("services.{pattern:?}");
+            let parent = services
+                .iter()
+                .filter(|rule| rule.covers(pattern))
+                .max_by_key(|rule| rule.pattern.len())
+                .cloned();
             let backend = service.backend.as_ref().map(BackendName::new);
             if let Some(b) = &backend {
                 if !backends.contains_key(b) {
@@ -259,14 +266,17 @@ impl Config {
                 &service.timeout,
                 None,
             );
+            let base_json = parent
+                .as_ref()
+                .map_or_else(|| json.clone(), |p| p.json.clone());
             let json = match &service.json {
-                Some(j) => merge_json(json.clone(), j, &format!("{key}.json"), &mut problems),
-                None => json.clone(),
+                Some(j) => merge_json(base_json, j, &format!("{key}.json"), &mut problems),
+                None => base_json,
             };
             services.push(ServiceRule {
                 pattern: pattern.clone(),
-                backend,
-                timeout,
+                backend: backend.or_else(|| parent.as_ref().and_then(|p| p.backend.clone())),
+                timeout: timeout.or_else(|| parent.as_ref().and_then(|p| p.timeout)),
                 json,
             });
         }
@@ -603,6 +613,28 @@ mod tests {
         assert_eq!(backend("shop.v1.Orders").as_deref(), Some("b"));
         assert_eq!(backend("shop.v1.Catalog").as_deref(), Some("a"));
         assert_eq!(backend("shopping.Cart"), None);
+    }
+
+    #[test]
+    fn a_service_rule_inherits_what_it_does_not_name_from_its_package() {
+        let text = r#"
+            [backends.a]
+            addresses = ["http://127.0.0.1:1"]
+            [services."shop"]
+            backend = "a"
+            timeout = "3s"
+            json = { pretty = true }
+            [services."shop.v1.Catalog"]
+            timeout = "1s"
+            json = { use_proto_names = true }
+        "#;
+        let config = Config::from_toml(text, Path::new(".")).unwrap();
+        let rule = config.service_rule("shop.v1.Catalog").unwrap();
+        assert_eq!(rule.backend.as_ref().map(|b| b.as_str()), Some("a"));
+        assert_eq!(rule.timeout, Some(Duration::from_secs(1)));
+        assert!(rule.json.pretty && rule.json.use_proto_names);
+        let other = config.service_rule("shop.v1.Orders").unwrap();
+        assert_eq!(other.timeout, Some(Duration::from_secs(3)));
     }
 
     #[test]

@@ -18,12 +18,12 @@ pub fn error_json(err: &GatewayError, pool: Option<&DescriptorPool>) -> Vec<u8> 
             .map(|s| s.details)
             .unwrap_or_default()
     };
-    let mut out = Vec::with_capacity(64 + err.message().len());
+    let mut out = Vec::with_capacity(64 + err.client_message().len());
     out.extend_from_slice(b"{\"code\":");
     out.extend_from_slice((err.code() as i32).to_string().as_bytes());
     out.extend_from_slice(b",\"message\":");
     // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, err.message());
+    let _ = serde_json::to_writer(&mut out, err.client_message());
     out.extend_from_slice(b",\"details\":[");
     for (i, any) in details.iter().enumerate() {
         if i > 0 {

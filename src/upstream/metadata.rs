@@ -93,7 +93,11 @@ pub fn request_metadata(
         if PERMANENT.contains(&key) {
             insert(&mut md, &format!("grpcgateway-{key}"), value);
         } else if let Some(stripped) = key.strip_prefix(METADATA_PREFIX) {
-            insert(&mut md, stripped, value);
+            // `Grpc-Metadata-Connection` must not smuggle a hop-by-hop name upstream: HTTP/2
+            // refuses those, which would fail the call.
+            if !HOP_BY_HOP.contains(&stripped) {
+                insert(&mut md, stripped, value);
+            }
         } else if allow.contains(name) {
             insert(&mut md, key, value);
         }
@@ -212,6 +216,20 @@ mod tests {
         assert!(md.get("connection").is_none());
         let bin = md.get_bin("trace-bin").unwrap().to_bytes().unwrap();
         assert_eq!(&bin[..], &[1, 2, 3]);
+    }
+
+    #[test]
+    fn prefixed_hop_by_hop_names_are_dropped() {
+        let h = headers(&[
+            ("grpc-metadata-connection", "close"),
+            ("grpc-metadata-te", "trailers"),
+            ("grpc-metadata-upgrade", "h2c"),
+            ("grpc-metadata-kept", "yes"),
+        ]);
+        let md = request_metadata(&h, None, None, &[]);
+        assert!(md.get("connection").is_none() && md.get("te").is_none());
+        assert!(md.get("upgrade").is_none());
+        assert_eq!(md.get("kept").unwrap(), "yes");
     }
 
     #[test]

@@ -262,11 +262,7 @@ impl Snapshot {
     pub fn describe_routes(&self) -> String {
         let mut out = String::new();
         for (method, template, route) in self.routes.iter() {
-            let origin = match route.origin {
-                RuleOrigin::Annotation => "annotation",
-                RuleOrigin::Config => "config",
-                RuleOrigin::Auto => "auto",
-            };
+            let origin = route.origin.as_str();
             let backend = route
                 .backend
                 .as_ref()

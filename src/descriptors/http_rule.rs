@@ -34,14 +34,21 @@ pub struct HttpBinding {
     pub origin: RuleOrigin,
 }
 
-impl HttpBinding {
-    /// A short description for warnings: `GET /v1/x (pkg.Svc.Method, annotation)`.
-    pub fn describe(&self) -> String {
-        let origin = match self.origin {
+impl RuleOrigin {
+    /// `annotation`, `config` or `auto`.
+    pub fn as_str(self) -> &'static str {
+        match self {
             RuleOrigin::Annotation => "annotation",
             RuleOrigin::Config => "config",
             RuleOrigin::Auto => "auto",
-        };
+        }
+    }
+}
+
+impl HttpBinding {
+    /// A short description for warnings: `GET /v1/x (pkg.Svc.Method, annotation)`.
+    pub fn describe(&self) -> String {
+        let origin = self.origin.as_str();
         format!(
             "{} {} ({}, {origin})",
             self.http_method,
@@ -95,8 +102,10 @@ pub fn bindings(
                 .filter(|r| r.selector == method.full_name())
                 .collect();
             if configured.is_empty() {
-                if let Some(rule) = extension.as_ref().and_then(|ext| annotation(&method, ext)) {
-                    flatten(&method, &rule, RuleOrigin::Annotation, &mut out)?;
+                if let Some(ext) = &extension {
+                    if let Some(rule) = annotation(&method, ext)? {
+                        flatten(&method, &rule, RuleOrigin::Annotation, &mut out)?;
+                    }
                 }
             } else {
                 for rule in configured {
@@ -116,26 +125,26 @@ pub fn bindings(
     Ok(out)
 }
 
+/// The method's google.api.http rule; one that cannot be read refuses the load rather than
+/// silently losing the method's routes.
 fn annotation(
     method: &MethodDescriptor,
     extension: &prost_reflect::ExtensionDescriptor,
-) -> Option<HttpRule> {
+) -> Result<Option<HttpRule>, RuleError> {
     let options = method.options();
     if !options.has_extension(extension) {
-        return None;
+        return Ok(None);
     }
+    let unreadable = |reason: String| RuleError::Invalid {
+        method: method.full_name().to_owned(),
+        reason: format!("unreadable google.api.http option: {reason}"),
+    };
     match options.get_extension(extension).as_ref() {
-        Value::Message(rule) => match rule.transcode_to::<HttpRule>() {
-            Ok(rule) => Some(rule),
-            Err(err) => {
-                tracing::warn!(
-                    method = method.full_name(),
-                    "unreadable google.api.http: {err}"
-                );
-                None
-            }
-        },
-        _ => None,
+        Value::Message(rule) => rule
+            .transcode_to::<HttpRule>()
+            .map(Some)
+            .map_err(|err| unreadable(err.to_string())),
+        other => Err(unreadable(format!("not a message: {other:?}"))),
     }
 }
 

@@ -29,6 +29,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// The request body is larger than the configured bound.
     PayloadTooLarge,
+    /// The client did not send its body within the call's deadline.
+    RequestTimeout,
     /// The request's Content-Type is not one the gateway reads.
     UnsupportedMediaType,
     /// None of the types in Accept can be produced.
@@ -121,6 +123,7 @@ impl GatewayError {
             | ErrorKind::MethodNotAllowed(_)
             | ErrorKind::InvalidRequest
             | ErrorKind::PayloadTooLarge
+            | ErrorKind::RequestTimeout
             | ErrorKind::UnsupportedMediaType
             | ErrorKind::NotAcceptable => ErrorSource::Client,
             ErrorKind::Status(_)
@@ -138,6 +141,7 @@ impl GatewayError {
             ErrorKind::MethodNotAllowed(_) => Code::Unimplemented,
             ErrorKind::InvalidRequest => Code::InvalidArgument,
             ErrorKind::PayloadTooLarge => Code::ResourceExhausted,
+            ErrorKind::RequestTimeout => Code::DeadlineExceeded,
             ErrorKind::UnsupportedMediaType | ErrorKind::NotAcceptable => Code::InvalidArgument,
             ErrorKind::Status(code) => *code,
             ErrorKind::BadGateway => Code::Internal,
@@ -153,6 +157,7 @@ impl GatewayError {
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,

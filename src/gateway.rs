@@ -82,14 +82,7 @@ async fn call(
     let config = &snapshot.config;
     let (parts, body) = request.into_parts();
     let timeout = deadline(&parts.headers, route.timeout)?;
-    let body = read_body(body, config.max_body_bytes).await?;
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let message = route
-        .request
-        .build(&vars, parts.uri.query(), content_type, &body)?;
+    // Before the body is read: a call that cannot be made should not wait for it.
     let backend = route.backend.as_ref().ok_or_else(|| {
         GatewayError::new(
             ErrorKind::Unavailable,
@@ -99,6 +92,22 @@ async fn call(
             ),
         )
     })?;
+    // A client that trickles its body must not hold a buffer for ever: the deadline covers it.
+    let body = tokio::time::timeout(timeout, read_body(body, config.max_body_bytes))
+        .await
+        .map_err(|_| {
+            GatewayError::new(
+                ErrorKind::RequestTimeout,
+                format!("the request body did not arrive within {timeout:?}"),
+            )
+        })??;
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let message = route
+        .request
+        .build(&vars, parts.uri.query(), content_type, &body)?;
     let metadata = upstream::request_metadata(
         &parts.headers,
         parts.uri.authority().map(|a| a.as_str()),

@@ -136,13 +136,12 @@ impl RequestPlan {
             }
         };
         for (path, value) in self.vars.iter().zip(vars) {
-            bind::set_path_value(&mut msg, path, value, &self.bind)
-                .map_err(|e| GatewayError::invalid(e.to_string()))?;
+            bind::set_path_value(&mut msg, path, value, &self.bind).map_err(bind_error)?;
         }
         if !matches!(self.body, BodyRule::Whole) {
             if let Some(query) = query.filter(|q| !q.is_empty()) {
                 bind::bind_query(&mut msg, query, &self.excluded, &self.bind)
-                    .map_err(|e| GatewayError::invalid(e.to_string()))?;
+                    .map_err(bind_error)?;
             }
         }
         if let Some(mask_field) = &self.patch_mask {
@@ -181,6 +180,15 @@ impl RequestPlan {
             }
             _ => json::decode_field(&self.input, field, body, &self.json),
         }
+    }
+}
+
+/// A binding failure is the client's, unless the plan itself was inconsistent.
+fn bind_error(err: bind::BindError) -> GatewayError {
+    if err.is_client_error() {
+        GatewayError::invalid(err.to_string())
+    } else {
+        GatewayError::new(crate::error::ErrorKind::Internal, err.to_string())
     }
 }
 

@@ -393,3 +393,31 @@ async fn invalid_timeout_headers_are_400() {
     );
     assert_serving(&gw).await;
 }
+
+#[tokio::test]
+async fn a_body_that_never_arrives_ends_with_408_within_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::mirror("").await;
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    // Headers promise 100 bytes; one arrives, then the client stalls.
+    stream
+        .write_all(
+            b"POST /v1/types HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\nX-Request-Timeout: 0.2\r\n\r\n{",
+        )
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("the gateway must answer a stalled body, not wait for it")
+        .expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.contains("\"code\":4"), "{head}");
+    let (status, _) = gw.get("/v1/messages/1").await;
+    assert_eq!(status, 200);
+}

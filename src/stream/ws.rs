@@ -29,6 +29,8 @@ use crate::upstream::{self, Outgoing};
 pub const SUBPROTOCOL: &str = "protogate.v1";
 /// The text frame a client sends to end its request stream and keep reading.
 pub const HALF_CLOSE: &str = "EOF";
+/// Initial read buffer of a socket; it grows to the largest frame read.
+const READ_BUFFER: usize = 4096;
 /// The custom HttpRule kind that declares a WebSocket endpoint.
 pub const RULE_KIND: &str = "websocket";
 
@@ -245,7 +247,10 @@ pub fn upgrade(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
+        // Small buffers: tungstenite's 128 KiB defaults would cost that much per idle socket.
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(0)
             .max_message_size(Some(limits.max_message_bytes))
             .max_frame_size(Some(limits.max_message_bytes));
         let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(

@@ -312,3 +312,48 @@ async fn shutdown_closes_sockets_going_away() {
     assert_eq!(next(&mut ws).await, Frame::Close(1001));
     let _ = CloseCode::Away;
 }
+
+#[tokio::test]
+async fn the_demo_shop_quotes_baskets_over_a_websocket_and_over_http() {
+    let gw = Gateway::shop().await;
+    let mut ws = open(&gw, "/v1/quotes:live", &[PG]).await.expect("open");
+    ws.send(Message::text("{\"productId\":\"p1\",\"quantity\":2}"))
+        .await
+        .unwrap();
+    let first = text(next(&mut ws).await);
+    assert_eq!(first["result"]["productId"], "p1");
+    ws.send(Message::text("{\"productId\":\"p2\",\"quantity\":1}"))
+        .await
+        .unwrap();
+    let second = text(next(&mut ws).await);
+    let line = |v: &serde_json::Value, k: &str| {
+        v["result"][k]
+            .as_str()
+            .unwrap_or("0")
+            .parse::<i64>()
+            .unwrap_or(-1)
+    };
+    assert_eq!(
+        line(&second, "basketCents"),
+        line(&first, "lineCents") + line(&second, "lineCents")
+    );
+    ws.send(Message::text("{\"productId\":\"nope\",\"quantity\":1}"))
+        .await
+        .unwrap();
+    assert_eq!(text(next(&mut ws).await)["status"]["code"], 5);
+    assert_eq!(next(&mut ws).await, Frame::Close(4005));
+
+    let resp = gw
+        .client
+        .post(gw.url("/v1/quotes"))
+        .body("{\"productId\":\"p1\",\"quantity\":1}\n{\"productId\":\"p3\",\"quantity\":1}\n")
+        .send()
+        .await
+        .expect("quotes");
+    let body = resp.text().await.expect("body");
+    assert_eq!(body.lines().count(), 2, "{body}");
+    assert!(
+        body.lines().all(|l| l.starts_with("{\"result\":")),
+        "{body}"
+    );
+}

@@ -590,3 +590,48 @@ fn text_message(bytes: Vec<u8>) -> Message {
         Err(err) => Message::text(String::from_utf8_lossy(err.as_bytes()).into_owned()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn credentials_and_subprotocols() {
+        let shake = handshake(&headers(&[("sec-websocket-protocol", "Bearer, abc.def")]));
+        assert_eq!(shake.mode, Mode::Compatible);
+        assert_eq!(shake.token.as_deref(), Some("abc.def"));
+        assert_eq!(shake.selected.unwrap(), "Bearer");
+
+        let shake = handshake(&headers(&[(
+            "sec-websocket-protocol",
+            "protogate.v1, Bearer, tok",
+        )]));
+        assert_eq!(shake.mode, Mode::Protogate);
+        assert_eq!(shake.token.as_deref(), Some("tok"));
+        assert_eq!(shake.selected.unwrap(), SUBPROTOCOL);
+
+        let shake = handshake(&headers(&[("cookie", "a=1; token=xyz")]));
+        assert_eq!(shake.token.as_deref(), Some("xyz"));
+        assert!(shake.selected.is_none());
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        assert!(is_upgrade(&headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ])));
+        assert!(!is_upgrade(&headers(&[("upgrade", "websocket")])));
+    }
+}

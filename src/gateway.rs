@@ -108,7 +108,7 @@ async fn call(
         return stream::serve(snapshot, route.clone(), call, streams).await;
     }
     let body = read_body(body, config.max_body_bytes).await?;
-    let framing = stream::Framing::from_accept(&parts.headers);
+    let framing = stream::Framing::for_route(&parts.headers, config, route);
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)

@@ -65,6 +65,8 @@ pub struct ServiceRule {
     pub timeout: Option<Duration>,
     /// JSON options for its messages.
     pub json: JsonOptions,
+    /// How its streamed responses are framed when the client's Accept names no framing.
+    pub stream_framing: Option<crate::stream::Framing>,
 }
 
 impl ServiceRule {
@@ -280,11 +282,24 @@ impl Config {
                 Some(j) => merge_json(json.clone(), j, &format!("{key}.json"), &mut problems),
                 None => json.clone(),
             };
+            let stream_framing = match service.stream_framing.as_deref() {
+                None => None,
+                Some(name) => {
+                    let framing = crate::stream::Framing::from_name(name);
+                    if framing.is_none() {
+                        problems.push(format!(
+                            "{key}.stream_framing: {name:?} is not one of \"ndjson\", \"sse\", \"array\""
+                        ));
+                    }
+                    framing
+                }
+            };
             services.push(ServiceRule {
                 pattern: pattern.clone(),
                 backend,
                 timeout,
                 json,
+                stream_framing,
             });
         }
         // Most specific first: a longer pattern is a deeper package or a service name.

@@ -106,6 +106,7 @@ pub(crate) struct RawService {
     pub backend: Option<String>,
     pub timeout: Option<String>,
     pub json: Option<RawJson>,
+    pub stream_framing: Option<String>,
 }
 
 /// `[[http_rules]]`: grpc-gateway's external HTTP rule configuration, one rule per entry.

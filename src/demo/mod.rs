@@ -150,6 +150,7 @@ pub fn shop_config(addrs: &ShopAddrs, mut config: Config) -> Config {
             backend: Some(backend),
             timeout: None,
             json: config.json.clone(),
+            stream_framing: None,
         });
     }
     config

@@ -22,7 +22,12 @@ pub const ARRAY_MEDIA_TYPE: &str = "application/json; stream=array";
 impl Framing {
     /// The framing a client asks for in `Accept`; grpc-gateway's when it names none of ours.
     pub fn from_accept(headers: &HeaderMap) -> Framing {
-        let mut framing = Framing::Ndjson;
+        Self::negotiate(headers, Framing::Ndjson)
+    }
+
+    /// The framing `Accept` names, else `default` (a route's configured framing).
+    pub fn negotiate(headers: &HeaderMap, default: Framing) -> Framing {
+        let mut framing = default;
         for value in headers.get_all(http::header::ACCEPT) {
             let Ok(text) = value.to_str() else { continue };
             for item in text.split(',') {
@@ -30,6 +35,7 @@ impl Framing {
                 let media = params.next().unwrap_or("").to_ascii_lowercase();
                 match media.as_str() {
                     "text/event-stream" => return Framing::Sse,
+                    "application/x-ndjson" => return Framing::Ndjson,
                     "application/json"
                         if params.any(|p| p.eq_ignore_ascii_case("stream=array")) =>
                     {
@@ -40,6 +46,30 @@ impl Framing {
             }
         }
         framing
+    }
+
+    /// The framing a config names: `ndjson`, `sse` or `array`.
+    pub fn from_name(name: &str) -> Option<Framing> {
+        match name {
+            "ndjson" => Some(Framing::Ndjson),
+            "sse" => Some(Framing::Sse),
+            "array" => Some(Framing::Array),
+            _ => None,
+        }
+    }
+
+    /// The framing of `route` under `config`: the Accept header's, else the service rule's.
+    pub fn for_route(
+        headers: &HeaderMap,
+        config: &crate::config::Config,
+        route: &crate::snapshot::Route,
+    ) -> Framing {
+        let service = route.method.parent_service();
+        let default = config
+            .service_rule(service.full_name())
+            .and_then(|rule| rule.stream_framing)
+            .unwrap_or(Framing::Ndjson);
+        Self::negotiate(headers, default)
     }
 
     /// The response Content-Type.

@@ -358,7 +358,7 @@ pub async fn serve(
         )
     })?;
     let guard = streams.open();
-    let framing = Framing::from_accept(&call.headers);
+    let framing = Framing::for_route(&call.headers, &snapshot.config, &route);
     let content_type = call
         .headers
         .get(header::CONTENT_TYPE)

@@ -343,3 +343,32 @@ async fn many_concurrent_streams_stay_apart() {
     }
     eventually("streams closed", || active(&gw) == 0).await;
 }
+
+#[tokio::test]
+async fn a_service_can_default_to_envoy_array_framing() {
+    let gw = Gateway::mirror("[services.\"test.v1\"]\nstream_framing = \"array\"\n").await;
+    let x = rendered(&gw, "x").await;
+    let resp = gw
+        .client
+        .get(gw.url("/v1/stream/x"))
+        .header("grpc-metadata-x-mirror-repeat", "2")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(resp.text().await.unwrap(), format!("[{x},{x}]"));
+    // Accept still wins.
+    let resp = gw
+        .client
+        .get(gw.url("/v1/stream/x"))
+        .header("accept", "application/x-ndjson")
+        .header("grpc-metadata-x-mirror-repeat", "1")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(resp.text().await.unwrap(), format!("{{\"result\":{x}}}\n"));
+    assert!(protogate::config::Config::from_toml(
+        "[services.\"a\"]\nstream_framing = \"xml\"\n",
+        std::path::Path::new(".")
+    )
+    .is_err());
+}

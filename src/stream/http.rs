@@ -221,8 +221,13 @@ fn frames(
                         None => std::future::pending().await,
                     }
                 };
+                let away = s.guard.shutting_down();
                 let event = tokio::select! {
                     biased;
+                    () = away => Event::Failed(GatewayError::new(
+                        ErrorKind::Unavailable,
+                        "the gateway is shutting down",
+                    )),
                     err = abort => Event::Failed(err),
                     item = s.messages.next() => match item {
                         Some(Ok(bytes)) => Event::Message(bytes),

@@ -69,18 +69,25 @@ impl Streams {
 
     /// Counts a stream open until the returned guard drops.
     pub fn open(&self) -> ActiveStream {
-        ActiveStream::new(self.stats.clone())
+        ActiveStream::new(self.stats.clone(), self.going_away())
     }
 }
 
 /// One open stream; the active gauge goes down when it drops, however the stream ended.
 #[derive(Debug)]
-pub struct ActiveStream(Arc<StreamStats>);
+pub struct ActiveStream(Arc<StreamStats>, watch::Receiver<bool>);
 
 impl ActiveStream {
-    fn new(stats: Arc<StreamStats>) -> Self {
+    fn new(stats: Arc<StreamStats>, going_away: watch::Receiver<bool>) -> Self {
         stats.active.fetch_add(1, Ordering::Relaxed);
-        ActiveStream(stats)
+        ActiveStream(stats, going_away)
+    }
+
+    /// Resolves when the listener starts shutting down (never, if its state is gone).
+    pub async fn shutting_down(&mut self) {
+        if self.1.wait_for(|away| *away).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// The counters this stream reports to.

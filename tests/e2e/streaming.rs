@@ -372,3 +372,29 @@ async fn a_service_can_default_to_envoy_array_framing() {
     )
     .is_err());
 }
+
+#[tokio::test]
+async fn shutdown_ends_http_streams_with_unavailable() {
+    let gw = Gateway::mirror("").await;
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    tx.send(Ok(Bytes::from_static(b"{\"messageId\":\"one\"}\n")))
+        .await
+        .unwrap();
+    let mut resp = gw
+        .client
+        .post(gw.url("/v1/chat"))
+        .header("grpc-metadata-x-mirror-repeat", "1")
+        .body(body)
+        .send()
+        .await
+        .expect("chat");
+    let mut buf = Vec::new();
+    assert!(line(&mut resp, &mut buf).await.is_some());
+    gw.store.streams().go_away();
+    let last = line(&mut resp, &mut buf).await.expect("status line");
+    let last: serde_json::Value = serde_json::from_str(&last).expect("json");
+    assert_eq!(last["error"]["code"], 14);
+    assert_eq!(line(&mut resp, &mut buf).await, None);
+    drop(tx);
+}

@@ -357,3 +357,19 @@ async fn the_demo_shop_quotes_baskets_over_a_websocket_and_over_http() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn an_idle_socket_times_out() {
+    let gw =
+        Gateway::mirror("[websocket]\nidle_timeout = \"300ms\"\nping_interval = \"1h\"\n").await;
+    let mut ws = open(&gw, "/v1/chat?method=POST", &[PG])
+        .await
+        .expect("open");
+    assert_eq!(text(next(&mut ws).await)["status"]["code"], 4);
+    assert_eq!(next(&mut ws).await, Frame::Close(4004));
+    let stats = gw.store.streams().stats().clone();
+    eventually("socket released", || {
+        stats.sockets.load(Ordering::SeqCst) == 0
+    })
+    .await;
+}

@@ -28,6 +28,8 @@ pub struct BenchOptions {
     pub warmup: Duration,
     /// A bound on requests per scenario, whatever the duration.
     pub max_requests: usize,
+    /// Idle WebSockets to hold open for the memory figure (0 skips it).
+    pub ws_idle: usize,
 }
 
 /// One scenario's figures.
@@ -149,7 +151,10 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
             ));
         }
     }
-    out.push_str("d) WebSocket bidi stream   n/a: WebSocket streaming is not implemented yet\n");
+    out.push_str(&bidi_scenario(&grpc, gateway.addr, &options).await);
+    if options.ws_idle > 0 {
+        out.push_str(&idle_sockets(&grpc, &gateway, options.ws_idle).await);
+    }
     out.push_str(&format!(
         "\ngateway peak RSS: {} KiB\n",
         gateway.peak_rss_kib().unwrap_or(0)
@@ -339,6 +344,11 @@ impl GatewayProcess {
         Some(Duration::from_millis((utime + stime) * 10))
     }
 
+    /// The gateway's resident set size now.
+    fn rss_kib(&self) -> Option<u64> {
+        rss_of(&self.pid.to_string())
+    }
+
     /// The gateway's peak resident set size.
     fn peak_rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
@@ -370,4 +380,209 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Messages in flight on one stream during the bidi scenario.
+const WINDOW: usize = 32;
+
+/// Scenario (d): messages per second through one bidi stream, direct gRPC and through a
+/// WebSocket on the gateway, each with [`WINDOW`] messages in flight.
+async fn bidi_scenario(
+    grpc: &BenchServiceClient<tonic::transport::Channel>,
+    gateway: SocketAddr,
+    options: &BenchOptions,
+) -> String {
+    let limit = options.max_requests.max(1);
+    let direct = {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Small>(WINDOW);
+        let mut client = grpc.clone();
+        match client
+            .chat(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Ok(response) => {
+                use futures_util::StreamExt;
+                let replies = response.into_inner();
+                pump(
+                    options.duration,
+                    limit,
+                    |n| {
+                        let tx = tx.clone();
+                        async move {
+                            for _ in 0..n {
+                                if tx.send(small()).await.is_err() {
+                                    return false;
+                                }
+                            }
+                            true
+                        }
+                    },
+                    futures_util::stream::unfold(replies, |mut r| async move {
+                        matches!(r.message().await, Ok(Some(_))).then_some(((), r))
+                    })
+                    .boxed(),
+                )
+                .await
+            }
+            Err(_) => None,
+        }
+    };
+    let through = match ws_connect(gateway, "/bench.v1.BenchService/Chat").await {
+        Some(socket) => {
+            use futures_util::{SinkExt, StreamExt};
+            let (sink, mut source) = socket.split();
+            let sink = Arc::new(tokio::sync::Mutex::new(sink));
+            let frame = serde_json::to_string(&small()).unwrap_or_default();
+            pump(
+                options.duration,
+                limit,
+                |n| {
+                    let (sink, frame) = (sink.clone(), frame.clone());
+                    async move {
+                        let mut sink = sink.lock().await;
+                        for _ in 0..n {
+                            let message =
+                                tokio_tungstenite::tungstenite::Message::text(frame.clone());
+                            if sink.feed(message).await.is_err() {
+                                return false;
+                            }
+                        }
+                        sink.flush().await.is_ok()
+                    }
+                },
+                futures_util::stream::poll_fn(move |cx| loop {
+                    use tokio_tungstenite::tungstenite::Message;
+                    match std::task::ready!(source.poll_next_unpin(cx)) {
+                        Some(Ok(Message::Text(_))) => return std::task::Poll::Ready(Some(())),
+                        Some(Ok(_)) => continue,
+                        _ => return std::task::Poll::Ready(None),
+                    }
+                })
+                .boxed(),
+            )
+            .await
+        }
+        None => None,
+    };
+    let show = |m: Option<f64>| m.map_or("failed".to_owned(), |m| format!("{m:.0}"));
+    let ratio = match (direct, through) {
+        (Some(d), Some(t)) if d > 0.0 => format!("{:.2}", t / d),
+        _ => "-".to_owned(),
+    };
+    format!(
+        "\nd) bidi stream, one stream, {WINDOW} in flight (messages/s)\n{:<24} {:>10}\n{:<24} {:>10}   ratio {ratio}\n",
+        "gRPC direct",
+        show(direct),
+        "WebSocket via gateway",
+        show(through),
+    )
+}
+
+/// Sends and receives on one stream for `duration` (or `limit` replies), keeping the window
+/// full; the replies per second, or None when the stream broke.
+async fn pump<S, SF>(
+    duration: Duration,
+    limit: usize,
+    send: S,
+    mut replies: futures_util::stream::BoxStream<'static, ()>,
+) -> Option<f64>
+where
+    S: Fn(usize) -> SF,
+    SF: std::future::Future<Output = bool>,
+{
+    use futures_util::StreamExt;
+    if !send(WINDOW).await {
+        return None;
+    }
+    let started = Instant::now();
+    let mut received = 0usize;
+    while received < limit && started.elapsed() < duration {
+        replies.next().await?;
+        received += 1;
+        if !send(1).await {
+            return None;
+        }
+    }
+    for _ in 0..WINDOW {
+        if replies.next().await.is_none() {
+            break;
+        }
+    }
+    Some(received as f64 / started.elapsed().as_secs_f64())
+}
+
+type BenchSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn ws_connect(gateway: SocketAddr, path: &str) -> Option<BenchSocket> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let request = format!("ws://{gateway}{path}").into_client_request().ok()?;
+    let tcp = tokio::net::TcpStream::connect(gateway).await.ok()?;
+    let _ = tcp.set_nodelay(true);
+    tokio_tungstenite::client_async(request, tcp)
+        .await
+        .ok()
+        .map(|(socket, _)| socket)
+}
+
+/// Memory per idle open stream: `n` WebSockets held open on the gateway (gateway RSS growth),
+/// and `n` direct gRPC bidi streams (this process's RSS growth: client and server side).
+async fn idle_sockets(
+    grpc: &BenchServiceClient<tonic::transport::Channel>,
+    gateway: &GatewayProcess,
+    n: usize,
+) -> String {
+    // Direct streams first, before this process has freed memory to reuse.
+    let own_before = own_rss_kib().unwrap_or(0);
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Small>(1);
+        let mut client = grpc.clone();
+        match client
+            .chat(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Ok(response) => streams.push((tx, response.into_inner())),
+            Err(_) => break,
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let own_after = own_rss_kib().unwrap_or(0);
+    let direct = streams.len();
+    drop(streams);
+    let before = gateway.rss_kib().unwrap_or(0);
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        match ws_connect(gateway.addr, "/bench.v1.BenchService/Chat").await {
+            Some(socket) => sockets.push(socket),
+            None => break,
+        }
+    }
+    // Let the gateway open every backend call before reading its memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = gateway.rss_kib().unwrap_or(0);
+    let opened = sockets.len();
+    drop(sockets);
+
+    let per = |delta: u64, count: usize| delta as f64 * 1024.0 / count.max(1) as f64;
+    format!(
+        "\nidle streams held open: {opened} WebSockets on the gateway: +{} KiB RSS, {:.0} bytes each \
+         (gateway side, backend call included);\n{direct} direct gRPC bidi streams: +{} KiB RSS in the \
+         bench process, {:.0} bytes each (client and server side together)\n",
+        after.saturating_sub(before),
+        per(after.saturating_sub(before), opened),
+        own_after.saturating_sub(own_before),
+        per(own_after.saturating_sub(own_before), direct),
+    )
+}
+
+fn own_rss_kib() -> Option<u64> {
+    rss_of("self")
+}
+
+fn rss_of(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

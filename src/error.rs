@@ -47,6 +47,15 @@ pub enum ErrorKind {
     Internal,
 }
 
+/// WebSocket close code of a call that ended with OK.
+pub const WS_CLOSE_NORMAL: u16 = 1000;
+/// WebSocket close code when the gateway shuts down.
+pub const WS_CLOSE_GOING_AWAY: u16 = 1001;
+/// WebSocket close code of a frame over the size limit.
+pub const WS_CLOSE_TOO_BIG: u16 = 1009;
+/// WebSocket close codes 4000..=4016 carry the gRPC code a call ended with.
+pub const WS_CLOSE_STATUS_BASE: u16 = 4000;
+
 /// An error on the request path; every one becomes a response in the google.rpc.Status format.
 #[derive(Debug, Clone)]
 pub struct GatewayError {
@@ -148,6 +157,16 @@ impl GatewayError {
             ErrorKind::Unavailable => Code::Unavailable,
             ErrorKind::Timeout => Code::DeadlineExceeded,
             ErrorKind::Internal => Code::Internal,
+        }
+    }
+
+    /// The WebSocket close code that says how a call ended with this error: 1009 for a frame
+    /// over the size limit, otherwise 4000 plus the gRPC code (private-use range), so a client
+    /// that only sees the close still learns the outcome. Success is [`WS_CLOSE_NORMAL`].
+    pub fn ws_close_code(&self) -> u16 {
+        match self.kind {
+            ErrorKind::PayloadTooLarge => WS_CLOSE_TOO_BIG,
+            _ => WS_CLOSE_STATUS_BASE + self.code() as u16,
         }
     }
 

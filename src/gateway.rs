@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::routing::RouteMatch;
 use crate::snapshot::{CallKind, Route, Snapshot, SnapshotStore};
+use crate::stream;
 use crate::transcode::status::error_json;
 use crate::upstream::{self, Outgoing};
 
@@ -28,7 +28,12 @@ pub async fn handle(
     let snapshot = store.load();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let (response, route) = match serve(&snapshot, request, remote).await {
+    let served = if stream::ws::is_upgrade(request.headers()) {
+        stream::ws::upgrade(snapshot.clone(), store.streams(), request, remote)
+    } else {
+        serve(&snapshot, request, remote, store.streams()).await
+    };
+    let (response, route) = match served {
         Ok((response, route)) => (response, Some(route)),
         Err((err, route)) => (error_response(&snapshot, &err), route),
     };
@@ -50,6 +55,7 @@ async fn serve(
     snapshot: &Snapshot,
     request: Request<Body>,
     remote: Option<SocketAddr>,
+    streams: &stream::Streams,
 ) -> Result<(Response<Body>, Arc<Route>), Failure> {
     let (route, vars) = match snapshot.routes.find(request.method(), request.uri().path()) {
         RouteMatch::Found(found) => {
@@ -66,7 +72,7 @@ async fn serve(
             return Err((GatewayError::new(ErrorKind::NoRoute, "Not Found"), None))
         }
     };
-    match call(snapshot, &route, request, vars, remote).await {
+    match call(snapshot, &route, request, vars, remote, streams).await {
         Ok(response) => Ok((response, route)),
         Err(err) => Err((err, Some(route))),
     }
@@ -74,14 +80,33 @@ async fn serve(
 
 async fn call(
     snapshot: &Snapshot,
-    route: &Route,
+    route: &Arc<Route>,
     request: Request<Body>,
     vars: Vec<String>,
     remote: Option<SocketAddr>,
+    streams: &stream::Streams,
 ) -> Result<Response<Body>, GatewayError> {
     let config = &snapshot.config;
     let (parts, body) = request.into_parts();
     let timeout = deadline(&parts.headers, route.timeout)?;
+    if matches!(route.kind, CallKind::ClientStreaming | CallKind::Bidi) {
+        // The body is read as a stream of messages, never collected.
+        let metadata = upstream::request_metadata(
+            &parts.headers,
+            parts.uri.authority().map(|a| a.as_str()),
+            remote,
+            &config.forward_headers,
+        );
+        let call = stream::StreamCall {
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers,
+            body,
+            vars,
+            metadata,
+            timeout,
+        };
+        return stream::serve(snapshot, route.clone(), call, streams).await;
+    }
     // Before the body is read: a call that cannot be made should not wait for it.
     let backend = route.backend.as_ref().ok_or_else(|| {
         GatewayError::new(
@@ -101,6 +126,7 @@ async fn call(
                 format!("the request body did not arrive within {timeout:?}"),
             )
         })??;
+    let framing = stream::Framing::for_route(&parts.headers, config, route);
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -157,48 +183,21 @@ async fn call(
             )
             .await
             .map_err(|_| deadline_exceeded(timeout))??;
-            Ok(ndjson_response(snapshot, route, stream))
+            Ok(stream::streamed_response(
+                stream,
+                framing,
+                stream::renderer(snapshot, route),
+                None,
+                stream::SSE_HEARTBEAT,
+                streams.open(),
+            ))
         }
+        // Served above, before the body is read.
         CallKind::ClientStreaming | CallKind::Bidi => Err(GatewayError::new(
-            ErrorKind::Status(tonic::Code::Unimplemented),
-            format!(
-                "{} streams requests; client and bidirectional streaming over HTTP are not served yet",
-                route.method.full_name()
-            ),
+            ErrorKind::Internal,
+            "streaming request reached the unary path",
         )),
     }
-}
-
-/// A server stream as grpc-gateway frames it: one `{"result": ...}` line per message, flushed as
-/// it arrives, and a final `{"error": ...}` line if the stream fails.
-fn ndjson_response(
-    snapshot: &Snapshot,
-    route: &Route,
-    stream: upstream::ServerStream,
-) -> Response<Body> {
-    let mut response_headers = HeaderMap::new();
-    upstream::response_headers(&stream.headers, "grpc-metadata-", &mut response_headers);
-    let plan = route.response.clone();
-    let pool = snapshot.registry.pool().clone();
-    let lines = stream.messages.map(move |item| {
-        let line = match item.and_then(|bytes| plan.render(bytes)) {
-            Ok(rendered) => frame(b"{\"result\":", &rendered.body),
-            Err(err) => frame(b"{\"error\":", &error_json(&err, Some(&pool))),
-        };
-        Ok::<_, std::convert::Infallible>(line)
-    });
-    let mut response = Response::new(Body::from_stream(lines));
-    response.headers_mut().insert(header::CONTENT_TYPE, JSON);
-    response.headers_mut().extend(response_headers);
-    response
-}
-
-fn frame(prefix: &[u8], body: &[u8]) -> Bytes {
-    let mut line = Vec::with_capacity(prefix.len() + body.len() + 2);
-    line.extend_from_slice(prefix);
-    line.extend_from_slice(body);
-    line.extend_from_slice(b"}\n");
-    line.into()
 }
 
 fn deadline_exceeded(timeout: Duration) -> GatewayError {

@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
+pub mod stream;
 pub mod telemetry;
 pub mod transcode;
 pub mod upstream;

@@ -59,6 +59,9 @@ enum Command {
         /// At most this many requests per scenario.
         #[arg(long, default_value_t = 2_000_000)]
         max_requests: usize,
+        /// Idle WebSockets held open to measure memory per socket (0 skips it).
+        #[arg(long, default_value_t = 1_000)]
+        ws_idle: usize,
     },
     /// Start the bundled example shop services and the gateway in front of them.
     Demo {
@@ -179,6 +182,7 @@ async fn run(command: Command) -> Result<(), String> {
             seconds,
             warmup,
             max_requests,
+            ws_idle,
         } => {
             let valid = |s: f64| s.is_finite() && (0.0..=600.0).contains(&s);
             if !valid(seconds)
@@ -194,6 +198,7 @@ async fn run(command: Command) -> Result<(), String> {
                 duration: std::time::Duration::from_secs_f64(seconds),
                 warmup: std::time::Duration::from_secs_f64(warmup),
                 max_requests,
+                ws_idle,
             })
             .await?;
             print!("{report}");

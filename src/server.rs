@@ -34,6 +34,13 @@ pub async fn run(
     store: Arc<SnapshotStore>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // WebSockets are detached from their connections once upgraded: tell them to close
+    // (going away) when the drain starts.
+    let streams_store = store.clone();
+    let shutdown = async move {
+        shutdown.await;
+        streams_store.streams().go_away();
+    };
     let app = router(store).into_make_service_with_connect_info::<SocketAddr>();
     // Small responses must not wait for Nagle's algorithm.
     let listener = listener.tap_io(|tcp| {

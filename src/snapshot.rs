@@ -236,6 +236,8 @@ fn build_route(
 #[derive(Debug)]
 pub struct SnapshotStore {
     current: ArcSwap<Snapshot>,
+    /// Every stream's counters and going-away signal; they outlive snapshot swaps.
+    streams: crate::stream::Streams,
 }
 
 impl SnapshotStore {
@@ -243,12 +245,18 @@ impl SnapshotStore {
     pub fn new(snapshot: Snapshot) -> Self {
         SnapshotStore {
             current: ArcSwap::from_pointee(snapshot),
+            streams: crate::stream::Streams::default(),
         }
     }
 
     /// The current snapshot; one load per request.
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// The streams served from this store.
+    pub fn streams(&self) -> &crate::stream::Streams {
+        &self.streams
     }
 
     /// Publishes a new snapshot; requests already running keep the old one.

@@ -65,6 +65,8 @@ pub struct ServiceRule {
     pub timeout: Option<Duration>,
     /// JSON options for its messages.
     pub json: JsonOptions,
+    /// How its streamed responses are framed when the client's Accept names no framing.
+    pub stream_framing: Option<crate::stream::Framing>,
 }
 
 impl ServiceRule {
@@ -122,6 +124,23 @@ pub struct Config {
     pub status_table: StatusTable,
     /// HTTP rules for methods whose protos carry none.
     pub http_rules: Vec<HttpRule>,
+    /// WebSocket limits and the Origin allow-list.
+    pub websocket: WebSocketConfig,
+}
+
+/// `[websocket]`: how WebSocket streams are bounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSocketConfig {
+    /// Origins allowed to open a socket; `None` allows any (and requests without Origin).
+    pub allowed_origins: Option<Vec<String>>,
+    /// The largest frame a client may send; larger closes the socket with 1009.
+    pub max_message_bytes: usize,
+    /// Open WebSocket streams across the listener; beyond it, upgrades get a 503.
+    pub max_streams: usize,
+    /// A socket with no frame either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// How often the gateway pings an open socket.
+    pub ping_interval: Duration,
 }
 
 impl Default for Config {
@@ -273,11 +292,24 @@ impl Config {
                 Some(j) => merge_json(base_json, j, &format!("{key}.json"), &mut problems),
                 None => base_json,
             };
+            let stream_framing = match service.stream_framing.as_deref() {
+                None => None,
+                Some(name) => {
+                    let framing = crate::stream::Framing::from_name(name);
+                    if framing.is_none() {
+                        problems.push(format!(
+                            "{key}.stream_framing: {name:?} is not one of \"ndjson\", \"sse\", \"array\""
+                        ));
+                    }
+                    framing
+                }
+            };
             services.push(ServiceRule {
                 pattern: pattern.clone(),
                 backend: backend.or_else(|| parent.as_ref().and_then(|p| p.backend.clone())),
                 timeout: timeout.or_else(|| parent.as_ref().and_then(|p| p.timeout)),
                 json,
+                stream_framing,
             });
         }
         // Most specific first: a longer pattern is a deeper package or a service name.
@@ -366,6 +398,25 @@ impl Config {
             &mut problems,
         );
 
+        let ws = &raw.websocket;
+        let websocket = WebSocketConfig {
+            allowed_origins: ws.allowed_origins.clone(),
+            max_message_bytes: size(
+                ws.max_message_bytes,
+                1 << 20,
+                "websocket.max_message_bytes",
+                &mut problems,
+            ),
+            max_streams: size(
+                ws.max_streams,
+                10_000,
+                "websocket.max_streams",
+                &mut problems,
+            ),
+            idle_timeout: ws_duration(&ws.idle_timeout, 300, "idle_timeout", &mut problems),
+            ping_interval: ws_duration(&ws.ping_interval, 30, "ping_interval", &mut problems),
+        };
+
         let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen = match listen_text.parse() {
             Ok(a) => a,
@@ -404,6 +455,7 @@ impl Config {
             forward_headers,
             status_table: StatusTable::with_overrides(overrides),
             http_rules,
+            websocket,
         })
     }
 
@@ -542,6 +594,26 @@ fn convert_rule(raw: &RawHttpRule, top: bool) -> Result<HttpRule, String> {
         response_body: raw.response_body.clone(),
         additional_bindings,
     })
+}
+
+fn ws_duration(
+    text: &Option<String>,
+    default_secs: u64,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Duration {
+    let Some(text) = text else {
+        return Duration::from_secs(default_secs);
+    };
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => d,
+        _ => {
+            problems.push(format!(
+                "websocket.{key}: {text:?} is not a duration like 30s"
+            ));
+            Duration::from_secs(default_secs)
+        }
+    }
 }
 
 #[cfg(test)]

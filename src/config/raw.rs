@@ -37,6 +37,19 @@ pub(crate) struct RawConfig {
     pub services: BTreeMap<String, RawService>,
     #[serde(default)]
     pub http_rules: Vec<RawHttpRule>,
+    #[serde(default)]
+    pub websocket: RawWebSocket,
+}
+
+/// `[websocket]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebSocket {
+    pub allowed_origins: Option<Vec<String>>,
+    pub max_message_bytes: Option<u64>,
+    pub max_streams: Option<u64>,
+    pub idle_timeout: Option<String>,
+    pub ping_interval: Option<String>,
 }
 
 /// `[json]` and `[services."x".json]`: every key optional, so a service overrides only some.
@@ -93,6 +106,7 @@ pub(crate) struct RawService {
     pub backend: Option<String>,
     pub timeout: Option<String>,
     pub json: Option<RawJson>,
+    pub stream_framing: Option<String>,
 }
 
 /// `[[http_rules]]`: grpc-gateway's external HTTP rule configuration, one rule per entry.

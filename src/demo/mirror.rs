@@ -30,6 +30,8 @@ pub mod control {
     pub const GARBAGE: &str = "x-mirror-garbage";
     /// Answer a server stream with this many copies (default 3).
     pub const REPEAT: &str = "x-mirror-repeat";
+    /// Fail with `x-mirror-code` (default 13, INTERNAL) after this many response messages.
+    pub const FAIL_AFTER: &str = "x-mirror-fail-after";
 }
 
 /// Counters a test can read.
@@ -37,6 +39,12 @@ pub mod control {
 pub struct MirrorStats {
     /// Calls received.
     pub calls: AtomicUsize,
+    /// Calls whose answer is still being streamed.
+    pub active: AtomicUsize,
+    /// Calls the client cancelled (the answer was dropped before it ended).
+    pub cancelled: AtomicUsize,
+    /// Response messages handed to the transport.
+    pub sent: AtomicUsize,
 }
 
 /// The mirror service over a pool.
@@ -96,9 +104,16 @@ impl Mirror {
         let Some(method) = method else {
             return Status::unimplemented(format!("no method at {}", req.uri().path())).into_http();
         };
+        let stats = self.stats.clone();
         let handler = tower::service_fn(move |request: Request<Streaming<Bytes>>| {
             let method = method.clone();
-            async move { answer(method, request).await }
+            let stats = stats.clone();
+            async move {
+                let response = answer(method, request).await?;
+                let (md, answers, ext) = response.into_parts();
+                let watched: Answer = Watched::new(answers, stats).boxed();
+                Ok::<_, Status>(Response::from_parts(md, watched, ext))
+            }
         });
         tonic::server::Grpc::new(MirrorCodec)
             .streaming(handler, req)
@@ -136,7 +151,9 @@ async fn answer(
     if let Some(ms) = text(control::SLEEP_MS).and_then(|v| v.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if let Some(code) = text(control::CODE).and_then(|v| v.parse::<i32>().ok()) {
+    let fail_after = text(control::FAIL_AFTER).and_then(|v| v.parse::<usize>().ok());
+    let code = text(control::CODE).and_then(|v| v.parse::<i32>().ok());
+    if let (Some(code), None) = (code, fail_after) {
         return Err(failure(code, text(control::MESSAGE).unwrap_or_default()));
     }
     let mut headers = echo_headers(&md);
@@ -156,6 +173,23 @@ async fn answer(
         1
     };
     let incoming = request.into_inner();
+    if method.is_client_streaming() && !method.is_server_streaming() {
+        // One answer for the whole request stream: its last message.
+        let last = incoming
+            .fold(None, |last, item| async move {
+                match (last, item) {
+                    (Some(Err(err)), _) => Some(Err(err)),
+                    (_, item) => Some(item),
+                }
+            })
+            .await;
+        let reply = match last {
+            Some(item) => item.and_then(|bytes| mirror_message(&method, &output, bytes)),
+            None => Ok(Bytes::new()),
+        };
+        let answers: Answer = stream::iter([reply.map(Outgoing::Encoded)]).boxed();
+        return Ok(with_metadata(answers, headers));
+    }
     let answers = incoming
         .map(move |item| {
             let output = output.clone();
@@ -165,7 +199,63 @@ async fn answer(
         .flatten()
         .map(|r| r.map(Outgoing::Encoded))
         .boxed();
+    let answers = match fail_after {
+        Some(n) => {
+            let status = failure(
+                code.unwrap_or(13),
+                text(control::MESSAGE).unwrap_or_default(),
+            );
+            answers.take(n).chain(stream::iter([Err(status)])).boxed()
+        }
+        None => answers,
+    };
     Ok(with_metadata(answers, headers))
+}
+
+/// An answer stream that counts what it sends and notices being dropped before its end.
+struct Watched {
+    inner: Answer,
+    stats: Arc<MirrorStats>,
+    ended: bool,
+}
+
+impl Watched {
+    fn new(inner: Answer, stats: Arc<MirrorStats>) -> Self {
+        stats.active.fetch_add(1, Ordering::SeqCst);
+        Watched {
+            inner,
+            stats,
+            ended: false,
+        }
+    }
+}
+
+impl futures_util::Stream for Watched {
+    type Item = Result<Outgoing, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(_)) => {
+                self.stats.sent.fetch_add(1, Ordering::SeqCst);
+            }
+            std::task::Poll::Ready(None) => self.ended = true,
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+        self.stats.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn with_metadata(stream: Answer, headers: MetadataMap) -> Response<Answer> {

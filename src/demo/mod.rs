@@ -75,7 +75,10 @@ where
         let stop = async move {
             let _ = shutdown.changed().await;
         };
+        // Room for many open streams on one connection (hyper's default is 200), so the
+        // gateway's one channel per backend can hold the bench's idle WebSocket calls.
         if let Err(err) = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(20_000))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, stop)
             .await
@@ -150,6 +153,7 @@ pub fn shop_config(addrs: &ShopAddrs, mut config: Config) -> Config {
             backend: Some(backend),
             timeout: None,
             json: config.json.clone(),
+            stream_framing: None,
         });
     }
     config

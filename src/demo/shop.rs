@@ -16,8 +16,8 @@ use crate::proto::shop::v1::{
     user_service_server::UserService, CancelOrderRequest, Category, CreateOrderRequest,
     CreateProductRequest, CreateUserRequest, DeleteProductRequest, GetOrderRequest,
     GetProductRequest, GetUserRequest, ListOrdersRequest, ListOrdersResponse, ListProductsRequest,
-    ListProductsResponse, Order, OrderStatus, PriceUpdate, Product, UpdateProductRequest, User,
-    WatchPriceRequest,
+    ListProductsResponse, Order, OrderStatus, PriceUpdate, Product, Quote, QuoteRequest,
+    UpdateProductRequest, User, WatchPriceRequest,
 };
 
 fn now() -> prost_types::Timestamp {
@@ -234,6 +234,47 @@ impl CatalogService for Catalog {
             Some(_) => Ok(Response::new(())),
             None => Err(not_found("product", &id)),
         }
+    }
+
+    type QuotePricesStream = Pin<Box<dyn Stream<Item = Result<Quote, Status>> + Send>>;
+
+    async fn quote_prices(
+        &self,
+        request: Request<tonic::Streaming<QuoteRequest>>,
+    ) -> Result<Response<Self::QuotePricesStream>, Status> {
+        let products = self.products.clone();
+        let lines = request.into_inner();
+        // Each line is priced as it arrives; an unknown product ends the stream with NOT_FOUND.
+        let quotes =
+            futures_util::stream::unfold((lines, 0i64, false), move |(mut lines, basket, done)| {
+                let products = products.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    let line = match lines.message().await {
+                        Ok(Some(line)) => line,
+                        Ok(None) => return None,
+                        Err(status) => return Some((Err(status), (lines, basket, true))),
+                    };
+                    let product = products.read().await.get(&line.product_id).cloned();
+                    let Some(product) = product else {
+                        let err = not_found("product", &line.product_id);
+                        return Some((Err(err), (lines, basket, true)));
+                    };
+                    let line_cents = product.price_cents * i64::from(line.quantity.max(0));
+                    let basket = basket + line_cents;
+                    let quote = Quote {
+                        product_id: line.product_id,
+                        quantity: line.quantity,
+                        line_cents,
+                        basket_cents: basket,
+                        currency: product.currency,
+                    };
+                    Some((Ok(quote), (lines, basket, false)))
+                }
+            });
+        Ok(Response::new(Box::pin(quotes)))
     }
 
     type WatchPriceStream = PriceStream;

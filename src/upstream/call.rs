@@ -212,3 +212,57 @@ async fn server_stream_on(
         messages: Box::pin(messages),
     })
 }
+
+/// Opens a client-streaming or bidi call: `requests` is pulled as the backend's HTTP/2 window
+/// allows, so a slow backend slows the reader of the client's body. A stream cannot be replayed,
+/// so there is no failover: the call goes to the backend's first live address.
+pub async fn streaming(
+    backend: &BackendChannel,
+    path: PathAndQuery,
+    metadata: MetadataMap,
+    timeout: Option<std::time::Duration>,
+    requests: futures_util::stream::BoxStream<'static, Outgoing>,
+    max_response_bytes: usize,
+) -> Result<ServerStream, GatewayError> {
+    let Some((_, channel)) = backend.candidates().next() else {
+        return Err(GatewayError::new(
+            ErrorKind::Unavailable,
+            "backend has no address",
+        ));
+    };
+    let mut grpc = Grpc::new(channel.clone()).max_decoding_message_size(max_response_bytes);
+    grpc.ready().await.map_err(|err| {
+        GatewayError::new(
+            ErrorKind::Unavailable,
+            format!("backend unavailable: {err}"),
+        )
+    })?;
+    let mut request = tonic::Request::from_parts(metadata, Default::default(), requests);
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
+    let response = grpc
+        .streaming(request, path, DynamicCodec)
+        .await
+        .map_err(GatewayError::from_status)?;
+    let (headers, stream, _) = response.into_parts();
+    Ok(ServerStream {
+        headers,
+        messages: Box::pin(messages(stream)),
+    })
+}
+
+/// The messages of a response stream; dropping it resets the HTTP/2 stream (the backend sees a
+/// cancellation).
+fn messages(
+    stream: tonic::Streaming<Bytes>,
+) -> impl futures_util::Stream<Item = Result<Bytes, GatewayError>> {
+    futures_util::stream::unfold(Some(stream), |state| async move {
+        let mut stream = state?;
+        match stream.message().await {
+            Ok(Some(bytes)) => Some((Ok(bytes), Some(stream))),
+            Ok(None) => None,
+            Err(status) => Some((Err(GatewayError::from_status(status)), None)),
+        }
+    })
+}

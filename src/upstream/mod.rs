@@ -6,6 +6,6 @@ mod codec;
 mod metadata;
 
 pub use backends::{BackendChannel, Backends};
-pub use call::{server_stream, unary, CallParts, ServerStream, UnaryReply};
+pub use call::{server_stream, streaming, unary, CallParts, ServerStream, UnaryReply};
 pub use codec::{DynamicCodec, Outgoing};
 pub use metadata::{request_metadata, response_headers};

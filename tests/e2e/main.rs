@@ -15,4 +15,6 @@ mod cli;
 mod descriptors;
 mod raw_backend;
 mod shutdown;
+mod streaming;
 mod upstream;
+mod websocket;

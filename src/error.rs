@@ -388,6 +388,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn websocket_close_codes_carry_the_outcome() {
+        let cases: &[(ErrorKind, u16)] = &[
+            (ErrorKind::PayloadTooLarge, WS_CLOSE_TOO_BIG),
+            (ErrorKind::InvalidRequest, 4003),
+            (ErrorKind::Status(Code::NotFound), 4005),
+            (ErrorKind::Unavailable, 4014),
+            (ErrorKind::Timeout, 4004),
+            (ErrorKind::Internal, 4013),
+        ];
+        for (kind, want) in cases {
+            assert_eq!(
+                GatewayError::new(kind.clone(), "x").ws_close_code(),
+                *want,
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
     fn default_table_matches_grpc_gateway() {
         let cases = [
             (Code::Cancelled, 499),

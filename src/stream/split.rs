@@ -38,6 +38,10 @@ pub struct JsonSplitter {
     buf: BytesMut,
     limit: usize,
     index: usize,
+    /// Whether bytes that could end a value arrived since the last incomplete parse; without
+    /// them the partial message is not parsed again, so a large message arriving in many small
+    /// chunks is not re-scanned for each one.
+    may_end: bool,
 }
 
 impl JsonSplitter {
@@ -47,16 +51,26 @@ impl JsonSplitter {
             buf: BytesMut::new(),
             limit,
             index: 0,
+            may_end: false,
         }
     }
 
     /// Appends a chunk of the body.
     pub fn push(&mut self, chunk: &[u8]) {
+        // Objects, arrays and strings end with one of these; numbers and literals end at
+        // whitespace or another value.
+        self.may_end |= chunk
+            .iter()
+            .any(|b| matches!(b, b'}' | b']' | b'"' | b'{' | b'[') || b.is_ascii_whitespace())
+            || !matches!(self.buf.first(), None | Some(b'{'));
         self.buf.extend_from_slice(chunk);
     }
 
     /// The next whole message, if one has arrived; `Ok(None)` means more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<Bytes>, SplitError> {
+        if !self.may_end {
+            return self.check_size();
+        }
         let mut values = serde_json::Deserializer::from_slice(&self.buf).into_iter::<IgnoredAny>();
         match values.next() {
             None => {
@@ -83,19 +97,24 @@ impl JsonSplitter {
                 Ok(Some(message))
             }
             Some(Err(err)) if err.is_eof() => {
-                if self.buf.len() > self.limit {
-                    return Err(SplitError::TooLarge {
-                        index: self.index,
-                        limit: self.limit,
-                    });
-                }
-                Ok(None)
+                self.may_end = false;
+                self.check_size()
             }
             Some(Err(err)) => Err(SplitError::Invalid {
                 index: self.index,
                 reason: err.to_string(),
             }),
         }
+    }
+
+    fn check_size(&self) -> Result<Option<Bytes>, SplitError> {
+        if self.buf.len() > self.limit {
+            return Err(SplitError::TooLarge {
+                index: self.index,
+                limit: self.limit,
+            });
+        }
+        Ok(None)
     }
 
     /// Called when the body has ended: an error if a message was left unfinished.
@@ -133,6 +152,11 @@ mod tests {
             (&["{\"a\"", ":1}\n  {", "}"], &["{\"a\":1}", "{}"]),
             (&["  \n", "\n"], &[]),
             (&["{\"s\":\"}{\"}"], &["{\"s\":\"}{\"}"]),
+            (
+                &["{\"s\":\"", "xx", "xx", "\"}{}"],
+                &["{\"s\":\"xxxx\"}", "{}"],
+            ),
+            (&["\"str\"", " 12", " "], &["\"str\"", "12"]),
         ];
         for (chunks, want) in cases {
             let got = split(chunks, 1024).unwrap();

@@ -373,3 +373,20 @@ async fn an_idle_socket_times_out() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn client_streaming_answers_after_the_half_close() {
+    let gw = Gateway::mirror("").await;
+    let mut ws = open(&gw, "/v1/collect?method=POST", &[PG])
+        .await
+        .expect("open");
+    for id in ["a", "b"] {
+        ws.send(Message::text(format!("{{\"messageId\":\"{id}\"}}")))
+            .await
+            .unwrap();
+    }
+    ws.send(Message::text("EOF")).await.unwrap();
+    assert_eq!(text(next(&mut ws).await)["result"]["messageId"], "b");
+    assert_eq!(text(next(&mut ws).await)["status"]["code"], 0);
+    assert_eq!(next(&mut ws).await, Frame::Close(1000));
+}

@@ -13,10 +13,13 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use crate::error::{ErrorKind, GatewayError};
 use crate::routing::RouteMatch;
 use crate::snapshot::{CallKind, Route, Snapshot, SnapshotStore};
-use crate::transcode::status::error_json;
+use crate::transcode::negotiate::{self, ResponseFormat};
+use crate::transcode::status::{error_body, error_json};
+use crate::transcode::Bound;
 use crate::upstream::{self, Outgoing};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const ACCEPT: HeaderValue = HeaderValue::from_static("accept");
 
 /// Serves one request against the current snapshot; never fails, every error is a response.
 pub async fn handle(
@@ -28,9 +31,13 @@ pub async fn handle(
     let snapshot = store.load();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let (response, route) = match serve(&snapshot, request, remote).await {
+    // The response format is decided once, before anything can fail, so every error is written
+    // in it; an unacceptable Accept is reported in JSON once the route is known to need one.
+    let accepted = negotiate_accept(request.headers(), &negotiate::OFFERS);
+    let errors_in = accepted.as_ref().map_or(ResponseFormat::Json, |f| *f);
+    let (response, route) = match serve(&snapshot, request, remote, &accepted).await {
         Ok((response, route)) => (response, Some(route)),
-        Err((err, route)) => (error_response(&snapshot, &err), route),
+        Err((err, route)) => (error_response_in(&snapshot, &err, errors_in), route),
     };
     tracing::info!(
         target: "protogate::access",
@@ -46,10 +53,31 @@ pub async fn handle(
 
 type Failure = (GatewayError, Option<Arc<Route>>);
 
+/// The response format among `offers` from every Accept header; one header, the usual case, is
+/// negotiated without collecting.
+fn negotiate_accept(
+    headers: &HeaderMap,
+    offers: &[ResponseFormat],
+) -> Result<ResponseFormat, GatewayError> {
+    let mut values = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    match (values.next(), values.next()) {
+        (None, _) => negotiate::response_format_among(std::iter::empty(), offers),
+        (Some(one), None) => negotiate::response_format_among([one], offers),
+        (Some(first), Some(second)) => {
+            let all: Vec<&str> = [first, second].into_iter().chain(values).collect();
+            negotiate::response_format_among(all.iter().copied(), offers)
+        }
+    }
+}
+
 async fn serve(
     snapshot: &Snapshot,
     request: Request<Body>,
     remote: Option<SocketAddr>,
+    accepted: &Result<ResponseFormat, GatewayError>,
 ) -> Result<(Response<Body>, Arc<Route>), Failure> {
     let (route, vars) = match snapshot.routes.find(request.method(), request.uri().path()) {
         RouteMatch::Found(found) => {
@@ -66,7 +94,7 @@ async fn serve(
             return Err((GatewayError::new(ErrorKind::NoRoute, "Not Found"), None))
         }
     };
-    match call(snapshot, &route, request, vars, remote).await {
+    match call(snapshot, &route, request, vars, remote, accepted).await {
         Ok(response) => Ok((response, route)),
         Err(err) => Err((err, Some(route))),
     }
@@ -78,18 +106,29 @@ async fn call(
     request: Request<Body>,
     vars: Vec<String>,
     remote: Option<SocketAddr>,
+    accepted: &Result<ResponseFormat, GatewayError>,
 ) -> Result<Response<Body>, GatewayError> {
     let config = &snapshot.config;
     let (parts, body) = request.into_parts();
+    // HttpBody responses are written raw whatever Accept says; streams are NDJSON only.
+    let format = match route.kind {
+        _ if route.response.is_raw() => ResponseFormat::Json,
+        CallKind::ServerStreaming => negotiate_accept(&parts.headers, &[ResponseFormat::Json])?,
+        _ => accepted.clone()?,
+    };
     let timeout = deadline(&parts.headers, route.timeout)?;
     let body = read_body(body, config.max_body_bytes).await?;
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let message = route
+    let message = match route
         .request
-        .build(&vars, parts.uri.query(), content_type, &body)?;
+        .build(&vars, parts.uri.query(), content_type, &body)?
+    {
+        Bound::Message(message) => Outgoing::Message(message),
+        Bound::Encoded(bytes) => Outgoing::Encoded(bytes),
+    };
     let backend = route.backend.as_ref().ok_or_else(|| {
         GatewayError::new(
             ErrorKind::Unavailable,
@@ -107,7 +146,7 @@ async fn call(
     );
     let parts = upstream::CallParts {
         metadata,
-        message: Outgoing::Message(message),
+        message,
         timeout,
     };
     match route.kind {
@@ -125,12 +164,15 @@ async fn call(
             .map_err(|_| deadline_exceeded(timeout))??;
             let rendered = route
                 .response
-                .render(reply.message)
+                .render_as(reply.message, format)
                 .map_err(|err| err.with_metadata(reply.headers.clone()))?;
             let mut response = Response::new(Body::from(rendered.body));
             let headers = response.headers_mut();
             if let Ok(ct) = HeaderValue::from_str(&rendered.content_type) {
                 headers.insert(header::CONTENT_TYPE, ct);
+            }
+            if !route.response.is_raw() {
+                headers.insert(header::VARY, ACCEPT);
             }
             upstream::response_headers(&reply.headers, "grpc-metadata-", headers);
             upstream::response_headers(&reply.trailers, "grpc-trailer-", headers);
@@ -257,16 +299,29 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
 
 /// The one error response: status from the table, google.rpc.Status JSON body, metadata headers.
 pub fn error_response(snapshot: &Snapshot, err: &GatewayError) -> Response<Body> {
+    error_response_in(snapshot, err, ResponseFormat::Json)
+}
+
+/// [`error_response`] with the body in `format` (JSON, XML or protobuf): same status, same fields.
+pub fn error_response_in(
+    snapshot: &Snapshot,
+    err: &GatewayError,
+    format: ResponseFormat,
+) -> Response<Body> {
     let table = &snapshot.config.status_table;
     let status = err.http_status(table);
     if status == StatusCode::INTERNAL_SERVER_ERROR && err.kind() == &ErrorKind::Internal {
         tracing::error!("internal error: {err}");
     }
-    let body = error_json(err, Some(snapshot.registry.pool()));
+    let body = error_body(err, Some(snapshot.registry.pool()), format.format());
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, JSON);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    headers.insert(header::VARY, ACCEPT);
     for (name, value) in err.extra_headers(table) {
         headers.insert(name, value);
     }

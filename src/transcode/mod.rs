@@ -12,5 +12,5 @@ pub mod xml;
 
 pub use json::{decode_message, encode_message, JsonOptions};
 pub use negotiate::{Format, ResponseFormat};
-pub use request::{BodyRule, PlanError, RequestPlan};
+pub use request::{BodyRule, Bound, PlanError, RequestPlan};
 pub use response::{Rendered, ResponsePlan};

@@ -1,7 +1,8 @@
 //! JSON → protobuf and protobuf → JSON through dynamic messages, against prost's generated code
-//! with serde for the same messages as the floor; also the whole per-request transcoding path
-//! (route match, bind, encode, decode, render) without the network. Allocations per operation are
-//! counted and printed before the timings.
+//! with serde for the same messages as the floor; XML → protobuf and protobuf → XML next to JSON
+//! for the same messages; also the whole per-request transcoding path (route match, bind, encode,
+//! decode, render) without the network. Allocations per operation are counted and printed before
+//! the timings.
 
 use std::alloc::System;
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use protogate::descriptors::RegistryBuilder;
 use protogate::proto::bench::v1::{Item, Large, Small};
 use protogate::routing::RouteMatch;
 use protogate::snapshot::Snapshot;
-use protogate::transcode::{decode_message, encode_message, JsonOptions};
+use protogate::transcode::{
+    decode_message, encode_message, xml, Bound, JsonOptions, ResponseFormat,
+};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -157,8 +160,79 @@ fn json_roundtrip(c: &mut Criterion) {
     group.finish();
 }
 
-/// The gateway's own work for one small POST and one GET with path and query variables:
-/// snapshot route match, binding, request encoding, response decoding and rendering.
+/// XML next to JSON, both directions, for the same messages in one group, so the ratios come from
+/// one run: `{json,xml}_to_pb` reads the body and encodes the request, `pb_to_{json,xml}` decodes
+/// the response and renders it.
+fn xml_vs_json(c: &mut Criterion) {
+    let (small_desc, large_desc, _) = descriptors();
+    let opts = JsonOptions::default();
+    let mut group = c.benchmark_group("xml_vs_json");
+    for (name, desc, pb) in [
+        ("small", small_desc, small().encode_to_vec()),
+        ("large", large_desc, large().encode_to_vec()),
+    ] {
+        let msg = DynamicMessage::decode(desc.clone(), pb.as_slice()).expect("pb");
+        let mut json = Vec::new();
+        encode_message(&msg, &opts, &mut json).expect("json");
+        let mut xml_body = Vec::new();
+        xml::encode_message(&msg, &opts, &mut xml_body);
+        let back = xml::decode_message(desc.clone(), &xml_body, &opts).expect("xml reads back");
+        assert_eq!(
+            back.encode_to_vec().len(),
+            pb.len(),
+            "XML round trip of {name}"
+        );
+
+        let json_to_pb = || {
+            decode_message(desc.clone(), &json, &opts, "")
+                .expect("json")
+                .encode_to_vec()
+        };
+        let xml_to_pb = || {
+            xml::decode_message(desc.clone(), &xml_body, &opts)
+                .expect("xml")
+                .encode_to_vec()
+        };
+        let pb_to_json = || {
+            let msg = DynamicMessage::decode(desc.clone(), pb.as_slice()).expect("pb");
+            let mut out = Vec::with_capacity(json.len());
+            encode_message(&msg, &opts, &mut out).expect("json");
+            out
+        };
+        let pb_to_xml = || {
+            let msg = DynamicMessage::decode(desc.clone(), pb.as_slice()).expect("pb");
+            let mut out = Vec::with_capacity(xml_body.len());
+            xml::encode_message(&msg, &opts, &mut out);
+            out
+        };
+        println!(
+            "allocations per op, {name}: json_to_pb {:.1}, xml_to_pb {:.1}, pb_to_json {:.1}, pb_to_xml {:.1} ({} JSON bytes, {} XML bytes)",
+            allocations_per_op(|| {
+                std::hint::black_box(json_to_pb());
+            }),
+            allocations_per_op(|| {
+                std::hint::black_box(xml_to_pb());
+            }),
+            allocations_per_op(|| {
+                std::hint::black_box(pb_to_json());
+            }),
+            allocations_per_op(|| {
+                std::hint::black_box(pb_to_xml());
+            }),
+            json.len(),
+            xml_body.len(),
+        );
+        group.bench_function(BenchmarkId::new("json_to_pb", name), |b| b.iter(json_to_pb));
+        group.bench_function(BenchmarkId::new("xml_to_pb", name), |b| b.iter(xml_to_pb));
+        group.bench_function(BenchmarkId::new("pb_to_json", name), |b| b.iter(pb_to_json));
+        group.bench_function(BenchmarkId::new("pb_to_xml", name), |b| b.iter(pb_to_xml));
+    }
+    group.finish();
+}
+
+/// The gateway's own work for one small POST and one GET with path and query variables (and the
+/// same POST in XML both ways): snapshot route match, binding, request encoding, response
+/// decoding and rendering.
 fn request_path(c: &mut Criterion) {
     let (_, _, registry) = descriptors();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -167,42 +241,64 @@ fn request_path(c: &mut Criterion) {
     config.set_upstream("http://127.0.0.1:9").expect("upstream");
     let snapshot = Snapshot::build(Arc::new(config), registry, None).expect("snapshot");
     let post_body = Bytes::from(serde_json::to_vec(&small()).expect("json"));
+    let xml_body = Bytes::from_static(
+        b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Small><name>widget</name><count>42</count>\
+          <total>123456789</total><active>true</active><score>98.5</score></Small>",
+    );
     let reply = Bytes::from(small().encode_to_vec());
+    let json = (Some("application/json"), ResponseFormat::Json);
     let cases = [
-        (http::Method::POST, "/v1/echo", None, post_body),
+        ("", http::Method::POST, "/v1/echo", None, post_body, json),
         (
+            "",
             http::Method::GET,
             "/v1/echo/widget",
             Some("count=42&total=123456789&active=true&score=98.5"),
             Bytes::new(),
+            json,
+        ),
+        (
+            "xml",
+            http::Method::POST,
+            "/v1/echo",
+            None,
+            xml_body,
+            (Some("application/xml"), ResponseFormat::ApplicationXml),
         ),
     ];
     let mut group = c.benchmark_group("request_path");
-    for (method, path, query, body) in &cases {
+    for (label, method, path, query, body, (content_type, format)) in &cases {
         let run = || {
             let RouteMatch::Found(found) = snapshot.routes.find(method, path) else {
                 panic!("no route for {path}");
             };
             let vars: Vec<String> = found.bindings.into_iter().map(|b| b.value).collect();
             let route = found.value;
-            let msg = route
+            let wire = match route
                 .request
-                .build(&vars, *query, Some("application/json"), body)
-                .expect("binds");
-            let wire = msg.encode_to_vec();
+                .build(&vars, *query, *content_type, body)
+                .expect("binds")
+            {
+                Bound::Message(msg) => msg.encode_to_vec(),
+                Bound::Encoded(bytes) => bytes.to_vec(),
+            };
             std::hint::black_box(wire);
-            route.response.render(reply.clone()).expect("renders")
+            route
+                .response
+                .render_as(reply.clone(), *format)
+                .expect("renders")
         };
+        let id = format!("{}{path}", if label.is_empty() { "" } else { "xml " });
         println!(
-            "allocations per request, {method} {path}: {:.1}",
+            "allocations per request, {method} {id}: {:.1}",
             allocations_per_op(|| {
                 std::hint::black_box(run());
             })
         );
-        group.bench_function(BenchmarkId::new(method.as_str(), path), |b| b.iter(run));
+        group.bench_function(BenchmarkId::new(method.as_str(), id), |b| b.iter(run));
     }
     group.finish();
 }
 
-criterion_group!(benches, json_roundtrip, request_path);
+criterion_group!(benches, json_roundtrip, xml_vs_json, request_path);
 criterion_main!(benches);

@@ -13,10 +13,11 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::routing::RouteMatch;
 use crate::snapshot::{CallKind, Route, Snapshot, SnapshotStore};
 use crate::stream;
-use crate::transcode::status::error_json;
+use crate::transcode::negotiate::{self, ResponseFormat};
+use crate::transcode::status::error_body;
 use crate::upstream::{self, Outgoing};
 
-const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const ACCEPT: HeaderValue = HeaderValue::from_static("accept");
 
 /// Serves one request against the current snapshot; never fails, every error is a response.
 pub async fn handle(
@@ -28,14 +29,18 @@ pub async fn handle(
     let snapshot = store.load();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // The response format is decided once, before anything can fail, so every error is written
+    // in it; an unacceptable Accept is reported in JSON once the route is known to need one.
+    let accepted = negotiate_accept(request.headers(), &negotiate::OFFERS);
+    let errors_in = accepted.as_ref().map_or(ResponseFormat::Json, |f| *f);
     let served = if stream::ws::is_upgrade(request.headers()) {
         stream::ws::upgrade(snapshot.clone(), store.streams(), request, remote)
     } else {
-        serve(&snapshot, request, remote, store.streams()).await
+        serve(&snapshot, request, remote, store.streams(), &accepted).await
     };
     let (response, route) = match served {
         Ok((response, route)) => (response, Some(route)),
-        Err((err, route)) => (error_response(&snapshot, &err), route),
+        Err((err, route)) => (error_response_in(&snapshot, &err, errors_in), route),
     };
     tracing::info!(
         target: "protogate::access",
@@ -51,11 +56,32 @@ pub async fn handle(
 
 type Failure = (GatewayError, Option<Arc<Route>>);
 
+/// The response format among `offers` from every Accept header; one header, the usual case, is
+/// negotiated without collecting.
+fn negotiate_accept(
+    headers: &HeaderMap,
+    offers: &[ResponseFormat],
+) -> Result<ResponseFormat, GatewayError> {
+    let mut values = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    match (values.next(), values.next()) {
+        (None, _) => negotiate::response_format_among(std::iter::empty(), offers),
+        (Some(one), None) => negotiate::response_format_among([one], offers),
+        (Some(first), Some(second)) => {
+            let all: Vec<&str> = [first, second].into_iter().chain(values).collect();
+            negotiate::response_format_among(all.iter().copied(), offers)
+        }
+    }
+}
+
 async fn serve(
     snapshot: &Snapshot,
     request: Request<Body>,
     remote: Option<SocketAddr>,
     streams: &stream::Streams,
+    accepted: &Result<ResponseFormat, GatewayError>,
 ) -> Result<(Response<Body>, Arc<Route>), Failure> {
     let (route, vars) = match snapshot.routes.find(request.method(), request.uri().path()) {
         RouteMatch::Found(found) => {
@@ -72,7 +98,7 @@ async fn serve(
             return Err((GatewayError::new(ErrorKind::NoRoute, "Not Found"), None))
         }
     };
-    match call(snapshot, &route, request, vars, remote, streams).await {
+    match call(snapshot, &route, request, vars, remote, streams, accepted).await {
         Ok(response) => Ok((response, route)),
         Err(err) => Err((err, Some(route))),
     }
@@ -85,6 +111,7 @@ async fn call(
     vars: Vec<String>,
     remote: Option<SocketAddr>,
     streams: &stream::Streams,
+    accepted: &Result<ResponseFormat, GatewayError>,
 ) -> Result<Response<Body>, GatewayError> {
     let config = &snapshot.config;
     let (parts, body) = request.into_parts();
@@ -107,6 +134,17 @@ async fn call(
         };
         return stream::serve(snapshot, route.clone(), call, streams).await;
     }
+    // HttpBody responses are written raw whatever Accept says. Streams are JSON, framed as
+    // NDJSON, an array or SSE (chosen from Accept by `stream::Framing`), so an Accept that allows
+    // neither JSON nor an event stream is refused.
+    let format = match route.kind {
+        _ if route.response.is_raw() => ResponseFormat::Json,
+        CallKind::ServerStreaming if stream::Framing::named_in(&parts.headers) => {
+            ResponseFormat::Json
+        }
+        CallKind::ServerStreaming => negotiate_accept(&parts.headers, &[ResponseFormat::Json])?,
+        _ => accepted.clone()?,
+    };
     // Before the body is read: a call that cannot be made should not wait for it.
     let backend = route.backend.as_ref().ok_or_else(|| {
         GatewayError::new(
@@ -131,9 +169,12 @@ async fn call(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let message = route
-        .request
-        .build(&vars, parts.uri.query(), content_type, &body)?;
+    let message = Outgoing::from(route.request.build(
+        &vars,
+        parts.uri.query(),
+        content_type,
+        &body,
+    )?);
     let metadata = upstream::request_metadata(
         &parts.headers,
         parts.uri.authority().map(|a| a.as_str()),
@@ -142,7 +183,7 @@ async fn call(
     );
     let parts = upstream::CallParts {
         metadata,
-        message: Outgoing::Message(message),
+        message,
         timeout,
     };
     match route.kind {
@@ -160,12 +201,15 @@ async fn call(
             .map_err(|_| deadline_exceeded(timeout))??;
             let rendered = route
                 .response
-                .render(reply.message)
+                .render_as(reply.message, format)
                 .map_err(|err| err.with_metadata(reply.headers.clone()))?;
             let mut response = Response::new(Body::from(rendered.body));
             let headers = response.headers_mut();
             if let Ok(ct) = HeaderValue::from_str(&rendered.content_type) {
                 headers.insert(header::CONTENT_TYPE, ct);
+            }
+            if !route.response.is_raw() {
+                headers.insert(header::VARY, ACCEPT);
             }
             upstream::response_headers(&reply.headers, "grpc-metadata-", headers);
             upstream::response_headers(&reply.trailers, "grpc-trailer-", headers);
@@ -264,16 +308,29 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
 
 /// The one error response: status from the table, google.rpc.Status JSON body, metadata headers.
 pub fn error_response(snapshot: &Snapshot, err: &GatewayError) -> Response<Body> {
+    error_response_in(snapshot, err, ResponseFormat::Json)
+}
+
+/// [`error_response`] with the body in `format` (JSON, XML or protobuf): same status, same fields.
+pub fn error_response_in(
+    snapshot: &Snapshot,
+    err: &GatewayError,
+    format: ResponseFormat,
+) -> Response<Body> {
     let table = &snapshot.config.status_table;
     let status = err.http_status(table);
     if status == StatusCode::INTERNAL_SERVER_ERROR && err.kind() == &ErrorKind::Internal {
         tracing::error!("internal error: {err}");
     }
-    let body = error_json(err, Some(snapshot.registry.pool()));
+    let body = error_body(err, Some(snapshot.registry.pool()), format.format());
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, JSON);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    headers.insert(header::VARY, ACCEPT);
     for (name, value) in err.extra_headers() {
         headers.insert(name, value);
     }

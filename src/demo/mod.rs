@@ -169,14 +169,16 @@ gateway in front of them at {base}. Try:
   curl {base}/v1/products
   curl '{base}/v1/products?category=CATEGORY_BOOKS'
   curl {base}/v1/products/p1
+  curl -H 'Accept: application/xml' {base}/v1/products/p1   # the same answer in XML
   curl -i {base}/v1/products/nope                     # 404 with google.rpc details
-  curl -X POST {base}/v1/products -d '{{"name": "Tea", "priceCents": 450, "currency": "EUR"}}'
-  curl -X PATCH {base}/v1/products/p1 -d '{{"priceCents": 3499}}'   # update_mask from the body
-  curl -X POST {base}/v1/users/u1/orders -d '{{"items": [{{"productId": "p1", "quantity": 2}}]}}'
+  curl -X POST {base}/v1/products -H 'Content-Type: application/json' -d '{{"name": "Tea", "priceCents": 450, "currency": "EUR"}}'
+  curl -X POST {base}/v1/products -H 'Content-Type: application/xml' -d '<Product><name>Coffee</name><priceCents>300</priceCents><currency>EUR</currency></Product>'
+  curl -X PATCH {base}/v1/products/p1 -H 'Content-Type: application/json' -d '{{"priceCents": 3499}}'   # update_mask from the body
+  curl -X POST {base}/v1/users/u1/orders -H 'Content-Type: application/json' -d '{{"items": [{{"productId": "p1", "quantity": 2}}]}}'
   curl {base}/v1/users/u1/orders
-  curl -X POST {base}/v1/orders/o1:cancel -d '{{}}'
+  curl -X POST {base}/v1/orders/o1:cancel -H 'Content-Type: application/json' -d '{{}}'
   curl -N {base}/v1/products/p1:watch                 # server streaming, one JSON line per update
-  curl -X POST {base}/shop.v1.UserService/GetUser -d '{{"id": "u1"}}'
+  curl -X POST {base}/shop.v1.UserService/GetUser -H 'Content-Type: application/json' -d '{{"id": "u1"}}'
 
 Stop with Ctrl-C."#
     )

@@ -48,6 +48,20 @@ impl Framing {
         framing
     }
 
+    /// Whether `Accept` names a stream media type of its own (`text/event-stream`,
+    /// `application/x-ndjson`), which the JSON/XML negotiation of unary answers does not know.
+    pub fn named_in(headers: &HeaderMap) -> bool {
+        headers.get_all(http::header::ACCEPT).iter().any(|value| {
+            value.to_str().is_ok_and(|text| {
+                text.split(',').any(|item| {
+                    let media = item.split(';').next().unwrap_or("").trim();
+                    media.eq_ignore_ascii_case("text/event-stream")
+                        || media.eq_ignore_ascii_case("application/x-ndjson")
+                })
+            })
+        })
+    }
+
     /// The framing a config names: `ndjson`, `sse` or `array`.
     pub fn from_name(name: &str) -> Option<Framing> {
         match name {

@@ -87,7 +87,7 @@ pub fn request_messages(
                     ) {
                         Ok(msg) => {
                             s.stats.to_backend.fetch_add(1, Ordering::Relaxed);
-                            return Some((Outgoing::Message(msg), s));
+                            return Some((Outgoing::from(msg), s));
                         }
                         Err(err) => break err,
                     }

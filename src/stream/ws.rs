@@ -457,7 +457,7 @@ where
                         }
                         let json = Bytes::copy_from_slice(text.as_bytes());
                         match route.request.build(&vars, query.as_deref(), None, &json) {
-                            Ok(msg) => pending = Some(Outgoing::Message(msg)),
+                            Ok(msg) => pending = Some(Outgoing::from(msg)),
                             Err(err) => break Ending::Refused(err),
                         }
                     }

@@ -661,6 +661,16 @@ impl Reason {
     }
 }
 
+/// Parses `text` as one scalar or enum value of `kind` the way a query parameter is read (enums by
+/// exact name or number), so the XML mapping reads values exactly as query binding does.
+pub(super) fn parse_scalar(kind: &Kind, text: &str) -> Result<Value, String> {
+    match parse_value(kind, text, &BindOptions::default()) {
+        Ok(value) => Ok(value),
+        Err(Reason::Invalid(reason)) => Err(reason),
+        Err(Reason::Message(message)) => Err(format!("{message} has no text form")),
+    }
+}
+
 /// Parses `text` as one value of `kind`.
 fn parse_value(kind: &Kind, text: &str, opts: &BindOptions) -> Result<Value, Reason> {
     let value = match kind {
@@ -925,7 +935,7 @@ fn parse_message(
 /// One field mask path from a query: grpc-gateway takes paths as written, normally in proto names
 /// (`sub_field.count`); a segment in the lowerCamelCase JSON form (`subField`) is turned into the
 /// proto name, as the JSON mapping of FieldMask does.
-fn mask_path(path: &str) -> String {
+pub(super) fn mask_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len() + 4);
     for (i, segment) in path.split('.').enumerate() {
         if i > 0 {

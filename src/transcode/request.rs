@@ -1,10 +1,14 @@
 //! Building the request message of a route from its path variables, query string and body.
 
 use bytes::Bytes;
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _, Value,
+};
 
 use super::bind::{self, BindOptions, FieldPath};
 use super::json::{self, JsonOptions};
+use super::negotiate::{self, Format};
+use super::xml;
 use crate::error::GatewayError;
 
 const HTTP_BODY: &str = "google.api.HttpBody";
@@ -19,6 +23,15 @@ pub enum BodyRule {
     Whole,
     /// `body: "field"`: the body is one top-level field.
     Field(FieldDescriptor),
+}
+
+/// The request message a plan built, ready to send.
+#[derive(Debug, Clone)]
+pub enum Bound {
+    /// A message bound by the gateway.
+    Message(DynamicMessage),
+    /// A protobuf body that decodes as the request type, sent as the client encoded it.
+    Encoded(Bytes),
 }
 
 /// How one route builds its request message; computed once when the route table is built.
@@ -115,21 +128,39 @@ impl RequestPlan {
     }
 
     /// Binds body, then path variables (which win), then the query, as grpc-gateway orders them.
-    /// `vars` holds one decoded value per template variable.
+    /// `vars` holds one decoded value per template variable. The body's format comes from
+    /// `content_type` (415 if unsupported), read only when the route has a body and the body is
+    /// not empty; HttpBody routes take any type raw.
     pub fn build(
         &self,
         vars: &[String],
         query: Option<&str>,
         content_type: Option<&str>,
         body: &Bytes,
-    ) -> Result<DynamicMessage, GatewayError> {
+    ) -> Result<Bound, GatewayError> {
+        let format = if self.raw_body || matches!(self.body, BodyRule::None) || body.is_empty() {
+            Format::Json
+        } else {
+            negotiate::request_format(content_type)?
+        };
+        // Nothing to bind on top: the client's encoding is sent as it came, once checked.
+        if format == Format::Protobuf
+            && matches!(self.body, BodyRule::Whole)
+            && self.vars.is_empty()
+        {
+            decode_protobuf(self.input.clone(), body)?;
+            return Ok(Bound::Encoded(body.clone()));
+        }
+        // Mask paths found while decoding an XML or protobuf body field, for PATCH.
+        let mut body_paths = Vec::new();
         let mut msg = match &self.body {
             BodyRule::None => DynamicMessage::new(self.input.clone()),
             BodyRule::Whole if self.raw_body => http_body(&self.input, content_type, body),
-            BodyRule::Whole => json::decode_message(self.input.clone(), body, &self.json, "")?,
+            BodyRule::Whole => self.decode(self.input.clone(), format, body, None)?,
             BodyRule::Field(field) => {
                 let mut msg = DynamicMessage::new(self.input.clone());
-                if let Some(value) = self.body_value(field, content_type, body)? {
+                let paths = self.patch_mask.is_some().then_some(&mut body_paths);
+                if let Some(value) = self.body_value(field, format, content_type, body, paths)? {
                     msg.set_field(field, value);
                 }
                 msg
@@ -153,32 +184,121 @@ impl RequestPlan {
             };
             if unset {
                 if let BodyRule::Field(field) = &self.body {
-                    let paths = mask_paths(field, body)?;
+                    let paths = match format {
+                        Format::Json => mask_paths(field, body)?,
+                        Format::Xml | Format::Protobuf => body_paths,
+                    };
                     if let Some(mask) = field_mask(mask_field, paths) {
                         msg.set_field(mask_field, mask);
                     }
                 }
             }
         }
-        Ok(msg)
+        Ok(Bound::Message(msg))
+    }
+
+    /// Reads a body holding a message of type `desc` in `format`; with `paths`, also collects the
+    /// field mask paths of what the body sets.
+    fn decode(
+        &self,
+        desc: MessageDescriptor,
+        format: Format,
+        body: &Bytes,
+        paths: Option<&mut Vec<String>>,
+    ) -> Result<DynamicMessage, GatewayError> {
+        match (format, paths) {
+            (Format::Json, _) => json::decode_message(desc, body, &self.json, &self.body_name),
+            (Format::Xml, None) => xml::decode_message(desc, body, &self.json),
+            (Format::Xml, Some(paths)) => {
+                let (msg, found) = xml::decode_message_with_paths(desc, body, &self.json)?;
+                *paths = found;
+                Ok(msg)
+            }
+            (Format::Protobuf, paths) => {
+                let msg = decode_protobuf(desc, body)?;
+                if let Some(paths) = paths {
+                    set_paths(&msg, "", paths);
+                }
+                Ok(msg)
+            }
+        }
     }
 
     fn body_value(
         &self,
         field: &FieldDescriptor,
+        format: Format,
         content_type: Option<&str>,
         body: &Bytes,
+        paths: Option<&mut Vec<String>>,
     ) -> Result<Option<Value>, GatewayError> {
         match field.kind() {
             Kind::Message(desc) if !field.is_list() && !field.is_map() => {
                 let msg = if self.raw_body {
                     http_body(&desc, content_type, body)
                 } else {
-                    json::decode_message(desc, body, &self.json, &self.body_name)?
+                    self.decode(desc, format, body, paths)?
                 };
                 Ok(Some(Value::Message(msg)))
             }
-            _ => json::decode_field(&self.input, field, body, &self.json),
+            _ => match format {
+                Format::Json => json::decode_field(&self.input, field, body, &self.json),
+                Format::Xml => xml::decode_field(&self.input, field, body, &self.json),
+                Format::Protobuf => protobuf_field(&self.input, field, body),
+            },
+        }
+    }
+}
+
+/// Decodes a binary body; bytes that are not a message of the type are the client's fault.
+fn decode_protobuf(desc: MessageDescriptor, body: &Bytes) -> Result<DynamicMessage, GatewayError> {
+    DynamicMessage::decode(desc.clone(), body.clone()).map_err(|err| {
+        GatewayError::invalid(format!(
+            "invalid protobuf body: not a valid {}: {err}",
+            desc.full_name()
+        ))
+    })
+}
+
+/// A non-message body field in binary: the body is the parent message holding only that field.
+fn protobuf_field(
+    parent: &MessageDescriptor,
+    field: &FieldDescriptor,
+    body: &Bytes,
+) -> Result<Option<Value>, GatewayError> {
+    let msg = decode_protobuf(parent.clone(), body)?;
+    if let Some((other, _)) = msg.fields().find(|(f, _)| f != field) {
+        return Err(GatewayError::invalid(format!(
+            "invalid protobuf body: it sets field {:?}, but this body holds only the field {:?}",
+            other.name(),
+            field.name()
+        )));
+    }
+    Ok(msg
+        .has_field(field)
+        .then(|| msg.get_field(field).into_owned()))
+}
+
+/// Field mask paths (proto names) of the fields set in a decoded message, descending into nested
+/// messages with fields set, as [`mask_paths`] does for JSON keys.
+fn set_paths(msg: &DynamicMessage, prefix: &str, out: &mut Vec<String>) {
+    for (field, value) in msg.fields() {
+        let path = if prefix.is_empty() {
+            field.name().to_owned()
+        } else {
+            format!("{prefix}.{}", field.name())
+        };
+        match value {
+            Value::Message(inner)
+                if !inner
+                    .descriptor()
+                    .full_name()
+                    .starts_with("google.protobuf.")
+                    && inner.fields().next().is_some() =>
+            {
+                set_paths(inner, &path, out)
+            }
+            _ => out.push(path),
         }
     }
 }

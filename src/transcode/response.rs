@@ -1,9 +1,14 @@
 //! Rendering a backend's response message for the client.
 
 use bytes::Bytes;
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
+use prost::Message as _;
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _, Value,
+};
 
 use super::json::{self, JsonOptions};
+use super::negotiate::{Format, ResponseFormat};
+use super::xml;
 use crate::error::{ErrorKind, GatewayError};
 
 const HTTP_BODY: &str = "google.api.HttpBody";
@@ -62,8 +67,30 @@ impl ResponsePlan {
         &self.output
     }
 
-    /// Decodes the backend's bytes and renders them; undecodable bytes are the backend's fault.
+    /// Whether the response is a google.api.HttpBody, written raw whatever the client accepts.
+    pub fn is_raw(&self) -> bool {
+        self.raw
+    }
+
+    /// Decodes the backend's bytes and renders them as JSON; undecodable bytes are the backend's
+    /// fault.
     pub fn render(&self, bytes: Bytes) -> Result<Rendered, GatewayError> {
+        self.render_as(bytes, ResponseFormat::Json)
+    }
+
+    /// Renders the backend's bytes in `format`. Protobuf without `response_body` is the backend's
+    /// bytes as they are, not decoded; every other case decodes them first (502 if they do not).
+    pub fn render_as(
+        &self,
+        bytes: Bytes,
+        format: ResponseFormat,
+    ) -> Result<Rendered, GatewayError> {
+        if format.format() == Format::Protobuf && self.field.is_none() && !self.raw {
+            return Ok(Rendered {
+                content_type: format.content_type().to_owned(),
+                body: bytes,
+            });
+        }
         let msg = DynamicMessage::decode(self.output.clone(), bytes).map_err(|err| {
             GatewayError::new(
                 ErrorKind::BadGateway,
@@ -73,11 +100,20 @@ impl ResponsePlan {
                 ),
             )
         })?;
-        self.render_message(&msg)
+        self.render_message_as(&msg, format)
     }
 
-    /// Renders a decoded response message.
+    /// Renders a decoded response message as JSON.
     pub fn render_message(&self, msg: &DynamicMessage) -> Result<Rendered, GatewayError> {
+        self.render_message_as(msg, ResponseFormat::Json)
+    }
+
+    /// Renders a decoded response message in `format`.
+    pub fn render_message_as(
+        &self,
+        msg: &DynamicMessage,
+        format: ResponseFormat,
+    ) -> Result<Rendered, GatewayError> {
         if self.raw {
             let body = match &self.field {
                 None => msg.clone(),
@@ -89,15 +125,41 @@ impl ResponsePlan {
             return Ok(raw_body(&body));
         }
         let mut out = Vec::with_capacity(128);
-        match &self.field {
-            None => json::encode_message(msg, &self.json, &mut out)?,
-            Some(field) => json::encode_field(msg, field, &self.json, &mut out)?,
+        match (format.format(), &self.field) {
+            (Format::Json, None) => json::encode_message(msg, &self.json, &mut out)?,
+            (Format::Json, Some(field)) => json::encode_field(msg, field, &self.json, &mut out)?,
+            (Format::Xml, None) => xml::encode_message(msg, &self.json, &mut out),
+            (Format::Xml, Some(field)) => xml::encode_field(msg, field, &self.json, &mut out),
+            (Format::Protobuf, None) => msg.encode(&mut out).map_err(|err| {
+                GatewayError::new(ErrorKind::Internal, format!("encoding the response: {err}"))
+            })?,
+            (Format::Protobuf, Some(field)) => protobuf_field(msg, field, &mut out)?,
         }
         Ok(Rendered {
-            content_type: "application/json".to_owned(),
+            content_type: format.content_type().to_owned(),
             body: out.into(),
         })
     }
+}
+
+/// One field of a response in binary: a singular message field is that message; any other field
+/// is its parent message holding only that field (a bare repeated field has no encoding).
+fn protobuf_field(
+    msg: &DynamicMessage,
+    field: &FieldDescriptor,
+    out: &mut Vec<u8>,
+) -> Result<(), GatewayError> {
+    let internal =
+        |err: prost::EncodeError| GatewayError::new(ErrorKind::Internal, err.to_string());
+    if !field.is_list() && !field.is_map() {
+        if let Value::Message(inner) = msg.get_field(field).as_ref() {
+            return inner.encode(out).map_err(internal);
+        }
+    }
+    let mut only = DynamicMessage::new(msg.descriptor());
+    // The value comes from a message of the same type, so it always fits the field.
+    let _ = only.try_set_field(field, msg.get_field(field).into_owned());
+    only.encode(out).map_err(internal)
 }
 
 fn raw_body(http_body: &DynamicMessage) -> Rendered {

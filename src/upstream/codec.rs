@@ -16,6 +16,15 @@ pub enum Outgoing {
     Encoded(Bytes),
 }
 
+impl From<crate::transcode::Bound> for Outgoing {
+    fn from(bound: crate::transcode::Bound) -> Self {
+        match bound {
+            crate::transcode::Bound::Message(msg) => Outgoing::Message(msg),
+            crate::transcode::Bound::Encoded(bytes) => Outgoing::Encoded(bytes),
+        }
+    }
+}
+
 impl Outgoing {
     /// The same message, encoded, so copies are cheap.
     pub fn encoded(self) -> Outgoing {

@@ -463,6 +463,8 @@ struct Curl {
     url: String,
     /// `-d`: curl sends it as a form body with the POST method unless -X says otherwise.
     body: Option<String>,
+    /// `-H`: extra request headers.
+    headers: Vec<(String, String)>,
     /// `-N`: a stream, read line by line.
     streaming: bool,
     /// The comment after `#`.
@@ -475,10 +477,16 @@ impl Curl {
         let mut words = words.into_iter();
         assert_eq!(words.next().as_deref(), Some("curl"), "{line}");
         let (mut method, mut url, mut body, mut streaming) = (None, None, None, false);
+        let mut headers = Vec::new();
         while let Some(word) = words.next() {
             match word.as_str() {
                 "-X" => method = words.next(),
                 "-d" => body = words.next(),
+                "-H" => {
+                    let header = words.next().unwrap_or_default();
+                    let (name, value) = header.split_once(':').expect("-H 'Name: value'");
+                    headers.push((name.trim().to_owned(), value.trim().to_owned()));
+                }
                 "-N" => streaming = true,
                 "-i" => {}
                 w if w.starts_with("http://") => url = Some(word),
@@ -490,6 +498,7 @@ impl Curl {
             method: reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
             url: url.unwrap_or_else(|| panic!("no URL in: {line}")),
             body,
+            headers,
             streaming,
             comment,
         }
@@ -548,13 +557,26 @@ async fn demo_instructions_all_work() {
     // In order: later lines use what earlier ones created (order o1).
     for curl in &curls {
         let mut request = client.request(curl.method.clone(), &curl.url);
+        for (name, value) in &curl.headers {
+            request = request.header(name, value);
+        }
         if let Some(body) = &curl.body {
-            request = request
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(body.clone());
+            // curl's default for -d, unless -H gives a Content-Type.
+            if !curl
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+            {
+                request = request.header("content-type", "application/x-www-form-urlencoded");
+            }
+            request = request.body(body.clone());
         }
         let resp = request.send().await.expect("request");
         let status = resp.status();
+        let xml = resp
+            .headers()
+            .get("content-type")
+            .is_some_and(|ct| ct.as_bytes().ends_with(b"/xml"));
         let text = resp.text().await.expect("body");
         if curl.comment.contains("404") {
             not_found += 1;
@@ -571,6 +593,8 @@ async fn demo_instructions_all_work() {
                 assert!(line.starts_with(r#"{"result":"#), "{curl:?}: {line}");
                 serde_json::from_str::<serde_json::Value>(line).expect("one JSON value a line");
             }
+        } else if xml {
+            assert!(text.starts_with("<?xml"), "{curl:?}: {text}");
         } else {
             serde_json::from_str::<serde_json::Value>(&text)
                 .unwrap_or_else(|e| panic!("{curl:?}: {e}: {text}"));

@@ -11,6 +11,9 @@ mod metadata;
 mod http_rules;
 mod query;
 
+mod negotiation;
+mod xml;
+
 mod cli;
 mod descriptors;
 mod raw_backend;

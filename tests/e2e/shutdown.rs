@@ -61,7 +61,18 @@ async fn wait_until_refused(gateway: &Served, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         match TcpStream::connect(gateway.addr).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            // A connect caught in the closing listener's backlog is reset rather than refused;
+            // either way nothing accepts it any more.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return
+            }
             Err(e) => panic!("connecting failed otherwise than refused: {e}"),
             Ok(_) => {
                 assert!(

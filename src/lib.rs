@@ -35,6 +35,20 @@ pub mod proto {
             include!(concat!(env!("OUT_DIR"), "/bench.v1.rs"));
         }
     }
+    /// gRPC server reflection clients, for `POST /admin/v1/reflect`.
+    pub mod grpc {
+        /// grpc.reflection.
+        pub mod reflection {
+            /// Version 1.
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/grpc.reflection.v1.rs"));
+            }
+            /// Version 1alpha, for older servers.
+            pub mod v1alpha {
+                include!(concat!(env!("OUT_DIR"), "/grpc.reflection.v1alpha.rs"));
+            }
+        }
+    }
     /// google.api and google.rpc messages.
     pub mod google {
         /// google.api: HttpRule, HttpBody.

@@ -5,6 +5,7 @@
 //! dynamic message by [`transcode`], sent through [`upstream`], and rendered back; every failure is
 //! a [`error::GatewayError`] rendered in one format.
 
+pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod demo;

@@ -113,13 +113,14 @@ impl Change {
             .chain(&methods.removed)
             .map(|m| service_of(m))
             .collect();
-        let mut services = Delta::default();
-        services.added = new_services.difference(&old_services).cloned().collect();
-        services.removed = old_services.difference(&new_services).cloned().collect();
-        services.changed = touched
-            .into_iter()
-            .filter(|s| old_services.contains(s) && new_services.contains(s))
-            .collect();
+        let services = Delta {
+            added: new_services.difference(&old_services).cloned().collect(),
+            changed: touched
+                .into_iter()
+                .filter(|s| old_services.contains(s) && new_services.contains(s))
+                .collect(),
+            removed: old_services.difference(&new_services).cloned().collect(),
+        };
 
         let old_routes = route_map(old);
         let new_routes = route_map(new);

@@ -11,6 +11,7 @@ mod metadata;
 mod http_rules;
 mod query;
 
+mod admin;
 mod cli;
 mod descriptors;
 mod shutdown;

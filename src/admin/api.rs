@@ -39,8 +39,26 @@ pub(super) fn router(admin: Arc<Admin>) -> Router {
         .route("/admin/v1/reload", post(reload))
         .fallback(unknown_path)
         .method_not_allowed_fallback(method_not_allowed)
+        // Outermost last: every request is logged, refused ones included.
         .layer(middleware::from_fn_with_state(admin.clone(), authenticate))
+        .layer(middleware::from_fn(access_log))
         .with_state(admin)
+}
+
+/// One line per admin request, as the data plane logs its own (never the token).
+async fn access_log(request: Request, next: Next) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    tracing::info!(
+        target: "protogate::admin::access",
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        latency_us = started.elapsed().as_micros() as u64,
+    );
+    response
 }
 
 type Reply = Result<Response<Body>, AdminError>;

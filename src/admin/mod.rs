@@ -5,6 +5,7 @@
 //! [`LiveRegistry`] owns every change: it builds a complete snapshot off to the side, refuses it
 //! whole on any error, writes accepted sets to the [`StateDir`], then publishes with one swap.
 //! [`router`] is the HTTP side, a plain axum Router behind a bearer-token check.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod api;
 mod diff;

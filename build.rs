@@ -1,6 +1,6 @@
-//! Compiles the bundled protos with protox (no protoc): Rust code for the demo services and the
-//! google.api/google.rpc messages the gateway uses, and the descriptor set of the bundled google/*
-//! files that every runtime pool starts from.
+//! Compiles the bundled protos with protox (no protoc): Rust code for the demo services, the
+//! google.api/google.rpc messages the gateway uses and the gRPC reflection client, and the
+//! descriptor set of the bundled google/* files that every runtime pool starts from.
 
 use std::path::PathBuf;
 
@@ -66,5 +66,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(code.file_descriptor_set())?;
+
+    // The admin API pulls descriptors from backends through gRPC server reflection: a client for
+    // v1 and for v1alpha, which older servers offer.
+    let mut reflection = protox::Compiler::new(["protos"])?;
+    reflection.open_files([
+        "grpc/reflection/v1/reflection.proto",
+        "grpc/reflection/v1alpha/reflection.proto",
+    ])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(reflection.file_descriptor_set())?;
     Ok(())
 }

@@ -65,6 +65,7 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
         .await
         .map_err(|e| format!("connecting to the bench backend: {e}"))?;
 
+    let swap_set = synthetic_set(SWAP_SERVICES)?;
     let mut out = String::new();
     out.push_str(&format!(
         "protogate load bench: backend {backend}, gateway pid {} at {}; {} s per scenario after {} s warm-up\n",
@@ -116,6 +117,20 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
             )
             .await
         };
+        // The same GETs while the admin API swaps a 1,000-service set in every SWAP_EVERY.
+        let swapping = Swapper::start(http.clone(), gateway.admin, swap_set.clone());
+        let during = {
+            let (http, uri) = (http.clone(), get_uri.clone());
+            drive(
+                "e) GET during swaps",
+                concurrency,
+                &options,
+                Some(&mut gateway),
+                move || send(http.clone(), http::Method::GET, uri.clone(), Bytes::new()),
+            )
+            .await
+        };
+        let swaps = swapping.stop().await;
         out.push_str(&format!("\nconcurrency {concurrency}\n"));
         out.push_str(&format!(
             "{:<24} {:>10} {:>8} {:>9} {:>9} {:>9} {:>12} {:>10} {:>12}\n",
@@ -129,7 +144,7 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
             "rps ratio",
             "+p50 µs"
         ));
-        for f in [&direct, &post, &get] {
+        for f in [&direct, &post, &get, &during] {
             let ratio = f.rps / direct.rps.max(f64::MIN_POSITIVE);
             let added = f.latency_us[0] as i64 - direct.latency_us[0] as i64;
             out.push_str(&format!(
@@ -150,6 +165,7 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
                 },
             ));
         }
+        out.push_str(&swaps.describe());
     }
     out.push_str(&bidi_scenario(&grpc, gateway.addr, &options).await);
     if options.ws_idle > 0 {
@@ -161,6 +177,117 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
     ));
     gateway.stop().await;
     Ok(out)
+}
+
+/// How many services the set swapped in during scenario e has.
+const SWAP_SERVICES: usize = 1_000;
+
+/// How often scenario e swaps the set in.
+const SWAP_EVERY: Duration = Duration::from_millis(250);
+
+/// A .proto file of `services` services with one method each, every method with a GET route of
+/// its own (`/v1/{package}/svc{i}/items/{id}`), for the registry benchmarks.
+pub fn synthetic_proto(package: &str, services: usize) -> String {
+    let mut text = format!(
+        "syntax = \"proto3\";\npackage {package};\nimport \"google/api/annotations.proto\";\n\
+         message Item {{ string id = 1; string name = 2; int64 count = 3; }}\n"
+    );
+    let segment = package.replace('.', "-");
+    for i in 0..services {
+        text.push_str(&format!(
+            "service Svc{i} {{ rpc Get(Item) returns (Item) {{ \
+             option (google.api.http) = {{get: \"/v1/{segment}/svc{i}/items/{{id}}\"}}; }} }}\n"
+        ));
+    }
+    text
+}
+
+/// [`synthetic_proto`] compiled into a descriptor set.
+pub fn synthetic_set(services: usize) -> Result<Bytes, String> {
+    let text = synthetic_proto("bulk.v1", services);
+    crate::descriptors::compile_sources(
+        &[("bulk/v1/bulk.proto".to_owned(), text)],
+        crate::descriptors::bundled_set(),
+    )
+    .map(Bytes::from)
+    .map_err(|e| format!("synthetic set: {e}"))
+}
+
+/// Uploads a set to the gateway's admin API on a fixed beat until stopped.
+struct Swapper {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<(Duration, bool)>>,
+}
+
+/// What the swapper did.
+struct Swaps(Vec<(Duration, bool)>);
+
+impl Swapper {
+    fn start(client: Client<HttpConnector, Full<Bytes>>, admin: SocketAddr, set: Bytes) -> Swapper {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut swaps = Vec::new();
+            let mut beat = tokio::time::interval(SWAP_EVERY);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Bounded like the scenarios: at most an hour of beats.
+            for _ in 0..14_400 {
+                tokio::select! {
+                    _ = beat.tick() => {}
+                    _ = stopped.wait_for(|s| *s) => break,
+                }
+                let Ok(uri) =
+                    format!("http://{admin}/admin/v1/descriptors/bulk").parse::<http::Uri>()
+                else {
+                    break;
+                };
+                let mut request = http::Request::new(Full::new(set.clone()));
+                *request.method_mut() = http::Method::PUT;
+                *request.uri_mut() = uri;
+                request.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/x-protobuf"),
+                );
+                let started = Instant::now();
+                let ok = match client.request(request).await {
+                    Ok(response) => {
+                        let status = response.status();
+                        response.into_body().collect().await.is_ok() && status.is_success()
+                    }
+                    Err(_) => false,
+                };
+                swaps.push((started.elapsed(), ok));
+            }
+            swaps
+        });
+        Swapper { stop, task }
+    }
+
+    async fn stop(self) -> Swaps {
+        let _ = self.stop.send(true);
+        Swaps(self.task.await.unwrap_or_default())
+    }
+}
+
+impl Swaps {
+    fn describe(&self) -> String {
+        let mut times: Vec<u128> = self.0.iter().map(|(d, _)| d.as_millis()).collect();
+        times.sort_unstable();
+        let failed = self.0.iter().filter(|(_, ok)| !ok).count();
+        let at = |p: f64| {
+            times
+                .get(((times.len() as f64 * p).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or(0)
+        };
+        format!(
+            "   e) swapped a {SWAP_SERVICES}-service set in {} times, one every {} ms ({failed} refused); \
+             upload to publish p50 {} ms, max {} ms\n",
+            times.len(),
+            SWAP_EVERY.as_millis(),
+            at(0.5),
+            at(1.0),
+        )
+    }
 }
 
 fn small() -> Small {
@@ -291,6 +418,8 @@ struct GatewayProcess {
     child: Child,
     pid: u32,
     addr: SocketAddr,
+    /// Its admin API.
+    admin: SocketAddr,
     _dir: TempDir,
 }
 
@@ -301,7 +430,14 @@ impl GatewayProcess {
         std::fs::write(&set, demo::BENCH_DESCRIPTORS).map_err(|e| format!("{e}"))?;
         let exe = std::env::current_exe().map_err(|e| format!("{e}"))?;
         let mut child = Command::new(exe)
-            .args(["serve", "--listen", "127.0.0.1:0", "--descriptor-set"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--descriptor-set")
             .arg(&set)
             .args(["--upstream", &format!("http://{backend}")])
             .env("RUST_LOG", "warn")
@@ -313,10 +449,14 @@ impl GatewayProcess {
         let pid = child.id().ok_or("the gateway exited at once")?;
         let stdout = child.stdout.take().ok_or("no gateway stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        let (admin, addr) = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut admin = None;
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = line.strip_prefix("admin listening on http://") {
+                    admin = addr.trim().parse::<SocketAddr>().ok();
+                }
                 if let Some(addr) = line.strip_prefix("listening on http://") {
-                    return addr.trim().parse::<SocketAddr>().ok();
+                    return Some((admin?, addr.trim().parse::<SocketAddr>().ok()?));
                 }
             }
             None
@@ -324,11 +464,12 @@ impl GatewayProcess {
         .await
         .ok()
         .flatten()
-        .ok_or("the gateway did not report its address")?;
+        .ok_or("the gateway did not report its addresses")?;
         Ok(GatewayProcess {
             child,
             pid,
             addr,
+            admin,
             _dir: dir,
         })
     }

@@ -8,9 +8,12 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-use protogate::config::Config;
-use protogate::snapshot::{Snapshot, SnapshotStore};
+use protogate::admin::{self, Admin, ConfigLoader, LiveRegistry, StateDir};
+use protogate::config::{AdminListen, AdminToken, Config};
+use protogate::snapshot::{Snapshot, SnapshotInputs, SnapshotStore};
+use protogate::uploads::{SetName, Uploads};
 use protogate::{demo, descriptors, server, telemetry};
 
 // glibc malloc took a tenth of the gateway's CPU under load, much of it in lock contention.
@@ -95,6 +98,16 @@ struct Inputs {
     /// The default backend, e.g. http://127.0.0.1:50051.
     #[arg(long)]
     upstream: Option<String>,
+    /// The admin API's address, or "off" (overrides the config; default 127.0.0.1:9901).
+    #[arg(long, value_parser = AdminListen::parse)]
+    admin_listen: Option<AdminListen>,
+    /// The admin API's bearer token (overrides the config).
+    #[arg(long, env = "PROTOGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Where uploaded descriptor sets are kept across restarts (overrides the config; default:
+    /// in memory only).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 impl Inputs {
@@ -115,6 +128,15 @@ impl Inputs {
             config
                 .set_upstream(url)
                 .map_err(|e| format!("--upstream: {e}"))?;
+        }
+        if let Some(listen) = self.admin_listen {
+            config.admin.listen = listen;
+        }
+        if let Some(token) = self.admin_token.clone().and_then(AdminToken::new) {
+            config.admin.token = Some(token);
+        }
+        if let Some(dir) = &self.state_dir {
+            config.admin.state_dir = Some(dir.clone());
         }
         Ok(config)
     }
@@ -141,14 +163,13 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), String> {
     match command {
-        Command::Serve(inputs) => {
-            let config = Arc::new(inputs.config()?);
-            let snapshot = Snapshot::load(config.clone(), None).map_err(|e| e.to_string())?;
-            serve(config.listen, snapshot).await
-        }
+        Command::Serve(inputs) => serve(Arc::new(inputs)).await,
         Command::Check(inputs) => {
             let config = Arc::new(inputs.config()?);
-            let snapshot = Snapshot::load(config, None).map_err(|e| e.to_string())?;
+            if let Some(addr) = config.admin.listen.addr() {
+                admin::check_exposure(addr, config.listen, config.admin.token.as_ref())?;
+            }
+            let snapshot = load_with_saved_sets(config)?;
             print!("{}", snapshot.describe_routes());
             for warning in &snapshot.warnings {
                 println!("warning: {warning}");
@@ -162,7 +183,7 @@ async fn run(command: Command) -> Result<(), String> {
         }
         Command::Routes(inputs) => {
             let config = Arc::new(inputs.config()?);
-            let snapshot = Snapshot::load(config, None).map_err(|e| e.to_string())?;
+            let snapshot = load_with_saved_sets(config)?;
             print!("{}", snapshot.describe_routes());
             Ok(())
         }
@@ -220,9 +241,109 @@ async fn run(command: Command) -> Result<(), String> {
             let listener = bind(listen).await?;
             let bound = listener.local_addr().map_err(|e| e.to_string())?;
             println!("{}", demo::instructions(bound));
-            serve_on(listener, snapshot).await
+            let grace = snapshot.config.shutdown_grace;
+            serve_on(
+                listener,
+                Arc::new(SnapshotStore::new(snapshot)),
+                grace,
+                None,
+            )
+            .await
         }
     }
+}
+
+/// The snapshot `serve` would start with, uploads from the state folder included; the folder is
+/// only read.
+fn load_with_saved_sets(config: Arc<Config>) -> Result<Snapshot, String> {
+    let uploads = match &config.admin.state_dir {
+        Some(dir) if dir.exists() => StateDir::open(dir)
+            .and_then(|state| state.read())
+            .map_err(|e| e.to_string())?,
+        _ => Uploads::new(),
+    };
+    let inputs = SnapshotInputs::load(config, uploads).map_err(|e| e.to_string())?;
+    Snapshot::assemble(&inputs, None).map_err(|e| e.to_string())
+}
+
+/// `protogate serve`: the saved sets and the config's descriptors make the first snapshot, backends
+/// marked `reflect = true` are asked for theirs, and only then do the listeners open.
+async fn serve(inputs: Arc<Inputs>) -> Result<(), String> {
+    let config = Arc::new(inputs.config()?);
+    let admin_addr = config.admin.listen.addr();
+    if let Some(addr) = admin_addr {
+        admin::check_exposure(addr, config.listen, config.admin.token.as_ref())?;
+    }
+    let state = match &config.admin.state_dir {
+        Some(dir) => Some(StateDir::open(dir).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let uploads = match &state {
+        Some(state) => state.load().map_err(|e| e.to_string())?,
+        None => Uploads::new(),
+    };
+    let first = SnapshotInputs::load(config.clone(), uploads).map_err(|e| e.to_string())?;
+    let loader: ConfigLoader = {
+        let inputs = inputs.clone();
+        Arc::new(move || inputs.config())
+    };
+    let live =
+        Arc::new(LiveRegistry::start(first, state, Some(loader)).map_err(|e| e.to_string())?);
+    for backend in &config.reflect_backends {
+        let Ok(name) = SetName::parse(&format!("reflected.{backend}")) else {
+            tracing::warn!("backend {backend:?} makes no valid set name; reflect it with POST /admin/v1/reflect?backend=...&name=...");
+            continue;
+        };
+        match live.reflect(backend, name).await {
+            Ok((set, outcome, _)) => tracing::info!(
+                "registered {} services of backend {backend} through reflection ({} routes)",
+                set.services.len(),
+                outcome.changes.routes.added.len()
+            ),
+            // The backend may start after the gateway; a saved copy, if any, stays in use.
+            Err(err) => tracing::warn!("reflection of backend {backend} at startup failed: {err}"),
+        }
+    }
+    let listener = bind(config.listen).await?;
+    let admin_listener = match config.admin.listen {
+        AdminListen::Off => None,
+        AdminListen::At(addr) => Some(bind(addr).await?),
+        AdminListen::Default => match admin_addr {
+            Some(addr) => match TcpListener::bind(addr).await {
+                Ok(listener) => Some(listener),
+                Err(err) => {
+                    tracing::warn!(
+                        "the admin API is off: cannot listen on its default address {addr}: {err}; \
+                         set --admin-listen or admin_listen"
+                    );
+                    None
+                }
+            },
+            None => None,
+        },
+    };
+    let admin = admin_listener.map(|listener| {
+        let api = Admin::new(
+            live.clone(),
+            config.admin.token.clone(),
+            config.admin.max_upload_bytes,
+        );
+        (listener, Arc::new(api))
+    });
+    let store = live.store().clone();
+    serve_on(
+        listener,
+        store,
+        config.shutdown_grace,
+        Some(Control { live, admin }),
+    )
+    .await
+}
+
+/// The control plane beside the public listener.
+struct Control {
+    live: Arc<LiveRegistry>,
+    admin: Option<(TcpListener, Arc<Admin>)>,
 }
 
 async fn bind(listen: SocketAddr) -> Result<TcpListener, String> {
@@ -231,13 +352,12 @@ async fn bind(listen: SocketAddr) -> Result<TcpListener, String> {
         .map_err(|e| format!("cannot listen on {listen}: {e}"))
 }
 
-async fn serve(listen: SocketAddr, snapshot: Snapshot) -> Result<(), String> {
-    serve_on(bind(listen).await?, snapshot).await
-}
-
-async fn serve_on(listener: TcpListener, snapshot: Snapshot) -> Result<(), String> {
-    let grace = snapshot.config.shutdown_grace;
-    let store = Arc::new(SnapshotStore::new(snapshot));
+async fn serve_on(
+    listener: TcpListener,
+    store: Arc<SnapshotStore>,
+    grace: std::time::Duration,
+    control: Option<Control>,
+) -> Result<(), String> {
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     // The signal handlers are installed on the first poll; do it before announcing the port, or a
     // parent that reads the line and signals at once kills the process (SIGTERM's default action)
@@ -246,21 +366,59 @@ async fn serve_on(listener: TcpListener, snapshot: Snapshot) -> Result<(), Strin
     let signalled =
         std::future::poll_fn(|cx| std::task::Poll::Ready(signal.as_mut().poll(cx).is_ready()))
             .await;
+    // Likewise SIGHUP, whose default action also ends the process; it reloads the config.
+    #[cfg(unix)]
+    let hangups = match &control {
+        Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| tracing::warn!("SIGHUP will not reload the config: {e}"))
+            .ok(),
+        None => None,
+    };
+    let (stop, stopped) = watch::channel(false);
+    let on_stop = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    if let Some(control) = control {
+        if let Some((admin_listener, api)) = control.admin {
+            let admin_bound = admin_listener.local_addr().map_err(|e| e.to_string())?;
+            let shutdown = on_stop(stopped.clone());
+            tokio::spawn(async move {
+                if let Err(err) = admin::serve(admin_listener, api, shutdown).await {
+                    tracing::error!("the admin listener stopped: {err}");
+                }
+            });
+            println!("admin listening on http://{admin_bound}");
+        }
+        #[cfg(unix)]
+        if let Some(mut hangups) = hangups {
+            let live = control.live.clone();
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    match live.reload().await {
+                        Ok(_) => tracing::info!("SIGHUP: configuration reloaded"),
+                        Err(err) => tracing::error!(
+                            "SIGHUP: reload refused, the running configuration stays: {err}"
+                        ),
+                    }
+                }
+            });
+        }
+    }
     // On stdout, so a parent (the load bench, a script) can read the port chosen for :0.
     println!("listening on http://{bound}");
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
+    tokio::spawn(async move {
         if !signalled {
             signal.await;
         }
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
-        let _ = signalled_tx.send(());
-    };
-    let serving = server::run(listener, store, shutdown);
+        let _ = stop.send(true);
+    });
+    let serving = server::run(listener, store, on_stop(stopped.clone()));
     tokio::pin!(serving);
+    let mut signalled_rx = stopped;
     tokio::select! {
         result = &mut serving => return result.map_err(|e| e.to_string()),
-        _ = signalled_rx => {}
+        _ = signalled_rx.wait_for(|stop| *stop) => {}
     }
     // In-flight requests get `grace` to finish; then the process exits anyway.
     match tokio::time::timeout(grace, serving).await {

@@ -21,6 +21,82 @@ use raw::{RawConfig, RawHttpRule, RawJson};
 /// The address the gateway listens on when neither the config nor `--listen` says.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
+/// The admin listener's address when neither the config nor `--admin-listen` says.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+
+/// The largest upload the admin API reads when the config does not say.
+pub const DEFAULT_ADMIN_MAX_UPLOAD: usize = 16 << 20;
+
+/// Where the admin API listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminListen {
+    /// [`DEFAULT_ADMIN_LISTEN`]; if that address is taken the gateway runs without the admin API
+    /// and says so, since nobody asked for it explicitly.
+    Default,
+    /// An address the operator chose; failing to bind it stops the gateway.
+    At(SocketAddr),
+    /// No admin listener (`"off"`).
+    Off,
+}
+
+impl AdminListen {
+    /// Parses `host:port` or `off`.
+    pub fn parse(text: &str) -> Result<AdminListen, String> {
+        if text == "off" {
+            return Ok(AdminListen::Off);
+        }
+        text.parse()
+            .map(AdminListen::At)
+            .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:9901, or \"off\""))
+    }
+
+    /// The address to bind, if any.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            AdminListen::Default => DEFAULT_ADMIN_LISTEN.parse().ok(),
+            AdminListen::At(addr) => Some(*addr),
+            AdminListen::Off => None,
+        }
+    }
+}
+
+/// The admin API's bearer token; its `Debug` form hides the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// A token, or None for an empty string (which would let anyone in).
+    pub fn new(token: impl Into<String>) -> Option<AdminToken> {
+        let token = token.into();
+        (!token.is_empty()).then_some(AdminToken(token))
+    }
+
+    /// The secret.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// The admin API's settings.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Where it listens.
+    pub listen: AdminListen,
+    /// The bearer token every admin request must carry; None means no check, which is only
+    /// allowed on a loopback address.
+    pub token: Option<AdminToken>,
+    /// Where accepted uploads are kept across restarts; None keeps them in memory only.
+    pub state_dir: Option<PathBuf>,
+    /// The largest upload body read (413 above it).
+    pub max_upload_bytes: usize,
+}
+
 /// The name of a backend in `[backends.NAME]`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendName(String);
@@ -126,6 +202,11 @@ pub struct Config {
     pub http_rules: Vec<HttpRule>,
     /// WebSocket limits and the Origin allow-list.
     pub websocket: WebSocketConfig,
+    /// The admin API.
+    pub admin: AdminConfig,
+    /// Backends whose services are registered at startup through gRPC server reflection
+    /// (`reflect = true`).
+    pub reflect_backends: Vec<BackendName>,
 }
 
 /// `[websocket]`: how WebSocket streams are bounded.
@@ -227,7 +308,11 @@ impl Config {
         .unwrap_or(Duration::from_secs(10));
 
         let mut backends = BTreeMap::new();
+        let mut reflect_backends = Vec::new();
         for (name, backend) in &raw.backends {
+            if backend.reflect == Some(true) {
+                reflect_backends.push(BackendName::new(name));
+            }
             let key = format!("backends.{name}");
             if backend.addresses.is_empty() {
                 problems.push(format!("{key}.addresses: at least one address is needed"));
@@ -428,6 +513,31 @@ impl Config {
             }
         };
 
+        let admin_listen = match raw.admin_listen.as_deref() {
+            None => AdminListen::Default,
+            Some(text) => AdminListen::parse(text).unwrap_or_else(|e| {
+                problems.push(format!("admin_listen: {e}"));
+                AdminListen::Default
+            }),
+        };
+        let admin = AdminConfig {
+            listen: admin_listen,
+            token: match raw.admin_token.as_deref() {
+                Some("") => {
+                    problems.push("admin_token: must not be empty".to_owned());
+                    None
+                }
+                token => token.and_then(AdminToken::new),
+            },
+            state_dir: raw.state_dir.as_ref().map(path),
+            max_upload_bytes: size(
+                raw.admin_max_upload_bytes,
+                DEFAULT_ADMIN_MAX_UPLOAD,
+                "admin_max_upload_bytes",
+                &mut problems,
+            ),
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError {
                 file: None,
@@ -456,6 +566,8 @@ impl Config {
             status_table: StatusTable::with_overrides(overrides),
             http_rules,
             websocket,
+            admin,
+            reflect_backends,
         })
     }
 
@@ -707,6 +819,43 @@ mod tests {
         assert!(rule.json.pretty && rule.json.use_proto_names);
         let other = config.service_rule("shop.v1.Orders").unwrap();
         assert_eq!(other.timeout, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn admin_keys() {
+        let config = Config::from_toml("", Path::new("/etc/pg")).unwrap();
+        assert_eq!(config.admin.listen, AdminListen::Default);
+        assert_eq!(
+            config.admin.listen.addr().map(|a| a.to_string()).as_deref(),
+            Some(DEFAULT_ADMIN_LISTEN)
+        );
+        assert!(config.admin.token.is_none() && config.admin.state_dir.is_none());
+        let text = r#"
+            admin_listen = "off"
+            admin_token = "s3cret"
+            state_dir = "state"
+            admin_max_upload_bytes = 1024
+            [backends.a]
+            addresses = ["http://127.0.0.1:1"]
+            reflect = true
+        "#;
+        let config = Config::from_toml(text, Path::new("/etc/pg")).unwrap();
+        assert_eq!(config.admin.listen, AdminListen::Off);
+        assert_eq!(
+            config.admin.token.as_ref().map(|t| t.expose()),
+            Some("s3cret")
+        );
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "the token is never printed"
+        );
+        assert_eq!(config.admin.state_dir, Some(PathBuf::from("/etc/pg/state")));
+        assert_eq!(config.admin.max_upload_bytes, 1024);
+        assert_eq!(config.reflect_backends, [BackendName::new("a")]);
+        let err = Config::from_toml("admin_listen = \"nowhere\"\n", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin_listen"), "{err}");
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub(crate) struct RawConfig {
     pub max_response_bytes: Option<u64>,
     pub shutdown_grace: Option<String>,
     pub path_unescape: Option<String>,
+    pub admin_listen: Option<String>,
+    pub admin_token: Option<String>,
+    pub admin_max_upload_bytes: Option<u64>,
+    pub state_dir: Option<String>,
     #[serde(default)]
     pub json: RawJson,
     #[serde(default)]
@@ -97,6 +101,7 @@ pub(crate) struct RawBackend {
     pub addresses: Vec<String>,
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
+    pub reflect: Option<bool>,
 }
 
 /// `[services."package.or.Service"]`.

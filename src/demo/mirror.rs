@@ -68,19 +68,24 @@ impl Mirror {
         self.stats.clone()
     }
 
+    /// The mirror as tonic routes that answer every path, so a test can add real services (gRPC
+    /// reflection, say) in front of it.
+    pub fn routes(self) -> tonic::service::Routes {
+        let service = tower::service_fn(move |req: http::Request<Body>| {
+            let mirror = self.clone();
+            async move { Ok::<_, Infallible>(mirror.call(req).await) }
+        });
+        tonic::service::Routes::from(axum::Router::new().fallback_service(service))
+    }
+
     /// Serves on a bound listener until `shutdown` completes.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        let service = tower::service_fn(move |req: http::Request<Body>| {
-            let mirror = self.clone();
-            async move { Ok::<_, Infallible>(mirror.call(req).await) }
-        });
-        let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(service));
         tonic::transport::Server::builder()
-            .add_routes(routes)
+            .add_routes(self.routes())
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,

@@ -6,5 +6,6 @@ mod registry;
 
 pub use http_rule::{bindings, HttpBinding, RuleError, RuleOrigin};
 pub use registry::{
-    bundled_set, compile_protos, DescriptorError, Registry, RegistryBuilder, SourceName,
+    bundled_set, compile_protos, compile_sources, DescriptorError, Registry, RegistryBuilder,
+    SourceName,
 };

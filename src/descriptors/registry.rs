@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message;
@@ -98,9 +99,11 @@ pub enum DescriptorError {
     Invalid(String),
 }
 
+#[derive(Clone)]
 struct Entry {
-    /// Decoded for names, imports and comparison (prost-types drops extension options).
-    file: FileDescriptorProto,
+    /// Decoded for names, imports and comparison (prost-types drops extension options); shared,
+    /// so cloning a builder to add uploads to it is cheap.
+    file: Arc<FileDescriptorProto>,
     /// The file as received, options and all, which is what the pool is built from.
     raw: Bytes,
     source: SourceName,
@@ -138,7 +141,9 @@ fn decode_set(
         .collect()
 }
 
-/// Collects files from sets and .proto sources, then checks and builds them into one pool.
+/// Collects files from sets and .proto sources, then checks and builds them into one pool. Cloning
+/// is cheap: the live registry keeps the startup inputs as a builder and adds uploads to a clone.
+#[derive(Clone)]
 pub struct RegistryBuilder {
     files: BTreeMap<String, Entry>,
     /// Load order, so the pool is built deterministically.
@@ -178,7 +183,7 @@ impl RegistryBuilder {
                     builder.files.insert(
                         name,
                         Entry {
-                            file,
+                            file: Arc::new(file),
                             raw,
                             source: SourceName::bundled(),
                         },
@@ -267,7 +272,7 @@ impl RegistryBuilder {
         for (file, raw) in files {
             let name = file.name().to_owned();
             match self.files.get(&name) {
-                Some(existing) if existing.file == file => {}
+                Some(existing) if *existing.file == file => {}
                 // Users' sets often carry their own copy of google/api/*.proto; theirs wins over
                 // ours, since the bundled copies are only there to satisfy imports.
                 Some(existing) if existing.source.is_bundled() => replace_bundled.push((file, raw)),
@@ -315,7 +320,7 @@ impl RegistryBuilder {
             self.files.insert(
                 name,
                 Entry {
-                    file,
+                    file: Arc::new(file),
                     raw,
                     source: source.clone(),
                 },
@@ -336,7 +341,7 @@ impl RegistryBuilder {
                 .order
                 .iter()
                 .filter_map(|name| self.files.get(name))
-                .map(|entry| entry.file.clone())
+                .map(|entry| FileDescriptorProto::clone(&entry.file))
                 .collect(),
         }
     }
@@ -440,6 +445,57 @@ pub fn compile_protos(
     }
     // The encoded form keeps custom options such as google.api.http; prost-types would drop them.
     Ok(compiler.encode_file_descriptor_set())
+}
+
+/// Compiles .proto sources held in memory (an upload) into a descriptor set of exactly those files.
+/// Each source is `(file name, text)`; imports resolve against the other sources, then `known`
+/// (the files already loaded). Files taken from `known` are not repeated in the output, so the set
+/// stays tied to what it imports instead of carrying stale copies of it.
+pub fn compile_sources(
+    sources: &[(String, String)],
+    known: FileDescriptorSet,
+) -> Result<Vec<u8>, DescriptorError> {
+    if sources.is_empty() {
+        return Err(DescriptorError::Compile(
+            "no .proto source was given".to_owned(),
+        ));
+    }
+    let mut resolver = protox::file::ChainFileResolver::new();
+    resolver.add(SourceResolver {
+        sources: sources.iter().cloned().collect(),
+    });
+    resolver.add(protox::file::DescriptorSetFileResolver::new(known));
+    let mut compiler = protox::Compiler::with_file_resolver(resolver);
+    compiler.include_imports(false).include_source_info(false);
+    for (name, _) in sources {
+        compiler
+            .open_file(name)
+            .map_err(|err| DescriptorError::Compile(compile_message(name, &err)))?;
+    }
+    Ok(compiler.encode_file_descriptor_set())
+}
+
+/// A compile error that names the file it is in, and the file asked for when that differs.
+fn compile_message(asked: &str, err: &protox::Error) -> String {
+    match err.file() {
+        Some(file) if file != asked => format!("{file} (imported by {asked}): {err}"),
+        _ if err.to_string().starts_with(asked) => err.to_string(),
+        _ => format!("{asked}: {err}"),
+    }
+}
+
+/// In-memory .proto sources by file name.
+struct SourceResolver {
+    sources: HashMap<String, String>,
+}
+
+impl protox::file::FileResolver for SourceResolver {
+    fn open_file(&self, name: &str) -> Result<protox::file::File, protox::Error> {
+        match self.sources.get(name) {
+            Some(text) => protox::file::File::from_source(name, text),
+            None => Err(protox::Error::file_not_found(name)),
+        }
+    }
 }
 
 /// The bundled google/* descriptor set.

@@ -14,6 +14,7 @@ mod query;
 mod negotiation;
 mod xml;
 
+mod admin;
 mod cli;
 mod descriptors;
 mod raw_backend;

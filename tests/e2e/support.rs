@@ -201,3 +201,119 @@ impl Gateway {
         }
     }
 }
+
+/// What an [`AdminGateway`] starts from.
+pub(crate) struct AdminSetup {
+    pub(crate) config: Config,
+    /// The startup descriptors (`RegistryBuilder::new()` for none).
+    pub(crate) startup: RegistryBuilder,
+    pub(crate) token: Option<String>,
+    pub(crate) state_dir: Option<PathBuf>,
+    pub(crate) max_upload_bytes: usize,
+    /// How `POST /admin/v1/reload` reads the config again.
+    pub(crate) loader: Option<protogate::admin::ConfigLoader>,
+}
+
+impl AdminSetup {
+    /// No startup descriptors, no token, no state folder, the default upload bound.
+    pub(crate) fn new(config: Config) -> AdminSetup {
+        AdminSetup {
+            config,
+            startup: RegistryBuilder::new(),
+            token: None,
+            state_dir: None,
+            max_upload_bytes: protogate::config::DEFAULT_ADMIN_MAX_UPLOAD,
+            loader: None,
+        }
+    }
+}
+
+/// The gateway and the admin API over one live registry, each on its own ephemeral loopback
+/// port; both stop when this is dropped.
+pub(crate) struct AdminGateway {
+    /// The public side.
+    pub(crate) gateway: Gateway,
+    /// `http://127.0.0.1:PORT` of the admin API.
+    pub(crate) admin: String,
+    pub(crate) token: Option<String>,
+    pub(crate) live: Arc<protogate::admin::LiveRegistry>,
+}
+
+impl AdminGateway {
+    pub(crate) async fn start(setup: AdminSetup) -> AdminGateway {
+        use protogate::admin::{self, Admin, LiveRegistry, StateDir};
+        use protogate::snapshot::SnapshotInputs;
+
+        let state = setup
+            .state_dir
+            .map(|dir| StateDir::open(&dir).expect("state folder"));
+        let uploads = state
+            .as_ref()
+            .map(|s| s.load().expect("saved sets load"))
+            .unwrap_or_default();
+        let inputs = SnapshotInputs {
+            config: Arc::new(setup.config),
+            startup: setup.startup,
+            uploads,
+        };
+        let live =
+            Arc::new(LiveRegistry::start(inputs, state, setup.loader).expect("first snapshot"));
+        let (stop, stopped) = watch::channel(());
+        let on_stop = |mut stopped: watch::Receiver<()>| async move {
+            let _ = stopped.changed().await;
+        };
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let serving = live.store().clone();
+        let shutdown = on_stop(stopped.clone());
+        tokio::spawn(async move {
+            let _ = server::run(listener, serving, shutdown).await;
+        });
+
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = format!("http://{}", admin_listener.local_addr().expect("addr"));
+        let api = Arc::new(Admin::new(
+            live.clone(),
+            setup
+                .token
+                .clone()
+                .and_then(protogate::config::AdminToken::new),
+            setup.max_upload_bytes,
+        ));
+        let shutdown = on_stop(stopped);
+        tokio::spawn(async move {
+            let _ = admin::serve(admin_listener, api, shutdown).await;
+        });
+
+        AdminGateway {
+            gateway: Gateway {
+                base,
+                client: reqwest::Client::new(),
+                mirror: None,
+                backend: "127.0.0.1:9".parse().expect("addr"),
+                store: live.store().clone(),
+                _stop: stop,
+            },
+            admin,
+            token: setup.token,
+            live,
+        }
+    }
+
+    /// A request to the admin API, with the bearer token when there is one.
+    pub(crate) fn admin_request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let request = self
+            .gateway
+            .client
+            .request(method, format!("{}{path}", self.admin));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+}

@@ -242,6 +242,9 @@ impl LiveRegistry {
             .collect();
         self.store.publish(snapshot);
         *inputs = next;
+        // Freeing a large snapshot takes a while; when this is the last reference, do it off the
+        // request workers (otherwise the last request holding it frees it).
+        tokio::task::spawn_blocking(move || drop(previous));
         Ok(Outcome { changes, warnings })
     }
 }

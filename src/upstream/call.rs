@@ -98,12 +98,14 @@ pub async fn unary(
     .await
 }
 
-async fn unary_on(
+/// Sends one request message on `channel` and returns the response headers and message stream;
+/// the server-streaming form keeps headers and trailers apart, where tonic's unary form merges them.
+async fn open(
     channel: Channel,
     path: PathAndQuery,
     request: tonic::Request<Outgoing>,
     max_response_bytes: usize,
-) -> Result<UnaryReply, GatewayError> {
+) -> Result<(MetadataMap, tonic::Streaming<Bytes>), GatewayError> {
     let mut grpc = Grpc::new(channel).max_decoding_message_size(max_response_bytes);
     grpc.ready().await.map_err(|err| {
         GatewayError::new(
@@ -111,12 +113,21 @@ async fn unary_on(
             format!("backend unavailable: {err}"),
         )
     })?;
-    // The streaming form keeps headers and trailers apart; tonic's unary form merges them.
     let response = grpc
         .server_streaming(request, path, DynamicCodec)
         .await
         .map_err(GatewayError::from_status)?;
-    let (headers, mut stream, _) = response.into_parts();
+    let (headers, stream, _) = response.into_parts();
+    Ok((headers, stream))
+}
+
+async fn unary_on(
+    channel: Channel,
+    path: PathAndQuery,
+    request: tonic::Request<Outgoing>,
+    max_response_bytes: usize,
+) -> Result<UnaryReply, GatewayError> {
+    let (headers, mut stream) = open(channel, path, request, max_response_bytes).await?;
     let message = stream
         .message()
         .await
@@ -185,18 +196,7 @@ async fn server_stream_on(
     request: tonic::Request<Outgoing>,
     max_response_bytes: usize,
 ) -> Result<ServerStream, GatewayError> {
-    let mut grpc = Grpc::new(channel).max_decoding_message_size(max_response_bytes);
-    grpc.ready().await.map_err(|err| {
-        GatewayError::new(
-            ErrorKind::Unavailable,
-            format!("backend unavailable: {err}"),
-        )
-    })?;
-    let response = grpc
-        .server_streaming(request, path, DynamicCodec)
-        .await
-        .map_err(GatewayError::from_status)?;
-    let (headers, stream, _) = response.into_parts();
+    let (headers, stream) = open(channel, path, request, max_response_bytes).await?;
     // Dropping the stream (the client went away) resets the HTTP/2 stream, which the backend
     // sees as a cancellation.
     let messages = futures_util::stream::unfold(Some(stream), |state| async move {

@@ -28,7 +28,8 @@ pub async fn handle(
     let started = Instant::now();
     let snapshot = store.load();
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    // A Uri clone shares its bytes: the log line costs no copy of the path.
+    let uri = request.uri().clone();
     // The response format is decided once, before anything can fail, so every error is written
     // in it; an unacceptable Accept is reported in JSON once the route is known to need one.
     let accepted = negotiate_accept(request.headers(), &negotiate::OFFERS);
@@ -45,7 +46,7 @@ pub async fn handle(
     tracing::info!(
         target: "protogate::access",
         method = %method,
-        path = %path,
+        path = %uri.path(),
         route = route.as_ref().map_or("-", |r| &*r.template),
         grpc_method = route.as_ref().map_or("-", |r| r.method.full_name()),
         status = response.status().as_u16(),

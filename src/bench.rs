@@ -57,7 +57,9 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
     let backend = demo::start_bench_backend(stopped)
         .await
         .map_err(|e| format!("bench backend: {e}"))?;
-    let mut gateway = GatewayProcess::start(backend).await?;
+    let mut gateway = GatewayProcess::start(backend, None).await?;
+    // The same gateway with the whole edge at work, for scenario f.
+    let mut edged = GatewayProcess::start(backend, Some(&edge_config())).await?;
     let http = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
         .build_http::<Full<Bytes>>();
@@ -117,6 +119,28 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
             )
             .await
         };
+        let post_edge = {
+            let (http, body) = (http.clone(), small_json.clone());
+            let uri: http::Uri = format!("http://{}/v1/echo", edged.addr)
+                .parse()
+                .map_err(|e| format!("{e}"))?;
+            drive(
+                "f) POST + full edge",
+                concurrency,
+                &options,
+                Some(&mut edged),
+                move || {
+                    send_with(
+                        http.clone(),
+                        http::Method::POST,
+                        uri.clone(),
+                        body.clone(),
+                        EDGE_HEADERS,
+                    )
+                },
+            )
+            .await
+        };
         // The same GETs while the admin API swaps a 1,000-service set in every SWAP_EVERY.
         let swapping = Swapper::start(http.clone(), gateway.admin, swap_set.clone());
         let during = {
@@ -144,7 +168,7 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
             "rps ratio",
             "+p50 µs"
         ));
-        for f in [&direct, &post, &get, &during] {
+        for f in [&direct, &post, &get, &during, &post_edge] {
             let ratio = f.rps / direct.rps.max(f64::MIN_POSITIVE);
             let added = f.latency_us[0] as i64 - direct.latency_us[0] as i64;
             out.push_str(&format!(
@@ -176,7 +200,40 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
         gateway.peak_rss_kib().unwrap_or(0)
     ));
     gateway.stop().await;
+    edged.stop().await;
     Ok(out)
+}
+
+/// The API key scenario f presents.
+const EDGE_KEY: &str = "bench-key";
+
+/// What scenario f's client sends besides the body: a key, an Origin and a request id.
+const EDGE_HEADERS: &[(&str, &str)] = &[
+    ("x-api-key", EDGE_KEY),
+    ("origin", "https://app.example"),
+    ("x-request-id", "bench-request"),
+];
+
+/// Scenario f's edge: API key auth, two rate limits too high to refuse, CORS, header rules and
+/// forwarded identity, all on the bench method.
+fn edge_config() -> String {
+    format!(
+        r#"
+[auth]
+api_keys = [{{ name = "bench", sha256 = "{hash}", plan = "bench" }}]
+
+[plans.bench]
+limits = [{{ requests = 1000000000, per = "1s" }}]
+
+[policies."bench.v1"]
+auth = "api_key"
+rate_limits = [{{ key = "caller", plan = true }}, {{ key = "ip", requests = 1000000000, per = "1s" }}]
+cors = {{ allow_origins = ["https://app.example"] }}
+request_headers = {{ set = {{ "grpc-metadata-x-edge" = "1" }} }}
+response_headers = {{ add = {{ "x-served-by" = "protogate" }} }}
+"#,
+        hash = crate::middleware::auth::api_key::sha256_hex(EDGE_KEY),
+    )
 }
 
 /// How many services the set swapped in during scenario e has.
@@ -306,6 +363,16 @@ async fn send(
     uri: http::Uri,
     body: Bytes,
 ) -> bool {
+    send_with(client, method, uri, body, &[]).await
+}
+
+async fn send_with(
+    client: Client<HttpConnector, Full<Bytes>>,
+    method: http::Method,
+    uri: http::Uri,
+    body: Bytes,
+    headers: &[(&'static str, &'static str)],
+) -> bool {
     let mut request = http::Request::new(Full::new(body));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -313,6 +380,12 @@ async fn send(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+    }
     match client.request(request).await {
         Ok(response) => {
             let ok = response.status() == http::StatusCode::OK;
@@ -424,14 +497,21 @@ struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    async fn start(backend: SocketAddr) -> Result<GatewayProcess, String> {
+    async fn start(backend: SocketAddr, config: Option<&str>) -> Result<GatewayProcess, String> {
         let dir = TempDir::new()?;
         let set = dir.path.join("bench.binpb");
         std::fs::write(&set, demo::BENCH_DESCRIPTORS).map_err(|e| format!("{e}"))?;
         let exe = std::env::current_exe().map_err(|e| format!("{e}"))?;
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command.arg("serve");
+        if let Some(config) = config {
+            let path = dir.path.join("protogate.toml");
+            std::fs::write(&path, config).map_err(|e| format!("{e}"))?;
+            command.arg("--config").arg(path);
+        }
+        let mut child = command
             .args([
-                "serve",
+                
                 "--listen",
                 "127.0.0.1:0",
                 "--admin-listen",

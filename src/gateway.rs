@@ -10,6 +10,7 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::error::{ErrorKind, GatewayError};
+use crate::middleware::Pass;
 use crate::routing::RouteMatch;
 use crate::snapshot::{CallKind, Route, Snapshot, SnapshotStore};
 use crate::stream;
@@ -22,7 +23,7 @@ const ACCEPT: HeaderValue = HeaderValue::from_static("accept");
 /// Serves one request against the current snapshot; never fails, every error is a response.
 pub async fn handle(
     store: &SnapshotStore,
-    request: Request<Body>,
+    mut request: Request<Body>,
     remote: Option<SocketAddr>,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -34,15 +35,27 @@ pub async fn handle(
     // in it; an unacceptable Accept is reported in JSON once the route is known to need one.
     let accepted = negotiate_accept(request.headers(), &negotiate::OFFERS);
     let errors_in = accepted.as_ref().map_or(ResponseFormat::Json, |f| *f);
-    let served = if stream::ws::is_upgrade(request.headers()) {
-        stream::ws::upgrade(snapshot.clone(), store.streams(), request, remote)
-    } else {
-        serve(&snapshot, request, remote, store.streams(), &accepted).await
+    let edge = &snapshot.edge;
+    let (mut pass, entered) = edge.enter(&mut request, remote);
+    let served = match entered {
+        Err(err) => Err((err, None)),
+        Ok(()) => match edge.preflight(&snapshot.routes, &request, &mut pass) {
+            Some(Ok(response)) => Ok((response, None)),
+            Some(Err(err)) => Err((err, None)),
+            None if stream::ws::is_upgrade(request.headers()) => {
+                stream::ws::upgrade(snapshot.clone(), store.streams(), request, remote, &mut pass)
+                    .map(|(response, route)| (response, Some(route)))
+            }
+            None => serve(&snapshot, request, remote, store.streams(), &accepted, &mut pass)
+                .await
+                .map(|(response, route)| (response, Some(route))),
+        },
     };
-    let (response, route) = match served {
-        Ok((response, route)) => (response, Some(route)),
+    let (mut response, route) = match served {
+        Ok((response, route)) => (response, route),
         Err((err, route)) => (error_response_in(&snapshot, &err, errors_in), route),
     };
+    edge.leave(&pass, &mut response);
     tracing::info!(
         target: "protogate::access",
         method = %method,
@@ -51,6 +64,7 @@ pub async fn handle(
         grpc_method = route.as_ref().map_or("-", |r| r.method.full_name()),
         status = response.status().as_u16(),
         latency_us = started.elapsed().as_micros() as u64,
+        request_id = pass.request_id.to_str().unwrap_or("-"),
     );
     response
 }
@@ -83,6 +97,7 @@ async fn serve(
     remote: Option<SocketAddr>,
     streams: &stream::Streams,
     accepted: &Result<ResponseFormat, GatewayError>,
+    pass: &mut Pass,
 ) -> Result<(Response<Body>, Arc<Route>), Failure> {
     let (route, vars) = match snapshot.routes.find(request.method(), request.uri().path()) {
         RouteMatch::Found(found) => {
@@ -99,7 +114,7 @@ async fn serve(
             return Err((GatewayError::new(ErrorKind::NoRoute, "Not Found"), None))
         }
     };
-    match call(snapshot, &route, request, vars, remote, streams, accepted).await {
+    match call(snapshot, &route, request, vars, remote, streams, accepted, pass).await {
         Ok(response) => Ok((response, route)),
         Err(err) => Err((err, Some(route))),
     }
@@ -113,18 +128,27 @@ async fn call(
     remote: Option<SocketAddr>,
     streams: &stream::Streams,
     accepted: &Result<ResponseFormat, GatewayError>,
+    pass: &mut Pass,
 ) -> Result<Response<Body>, GatewayError> {
+    let started_at = std::time::Instant::now();
     let config = &snapshot.config;
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    snapshot
+        .edge
+        .admit(pass, route, &mut parts.headers, parts.uri.query(), None)?;
     let timeout = deadline(&parts.headers, route.timeout)?;
+    // Streams may outlive the route's timeout, which bounds only the wait for their headers;
+    // a deadline the client sets bounds the whole stream.
+    let stream_deadline = client_deadline(&parts.headers)?;
     if matches!(route.kind, CallKind::ClientStreaming | CallKind::Bidi) {
         // The body is read as a stream of messages, never collected.
-        let metadata = upstream::request_metadata(
+        let mut metadata = upstream::request_metadata(
             &parts.headers,
             parts.uri.authority().map(|a| a.as_str()),
             remote,
             &config.forward_headers,
         );
+        snapshot.edge.forward(pass, &mut metadata);
         let call = stream::StreamCall {
             query: parts.uri.query().map(str::to_owned),
             headers: parts.headers,
@@ -132,6 +156,7 @@ async fn call(
             vars,
             metadata,
             timeout,
+            deadline: stream_deadline,
         };
         return stream::serve(snapshot, route.clone(), call, streams).await;
     }
@@ -176,16 +201,20 @@ async fn call(
         content_type,
         &body,
     )?);
-    let metadata = upstream::request_metadata(
+    let mut metadata = upstream::request_metadata(
         &parts.headers,
         parts.uri.authority().map(|a| a.as_str()),
         remote,
         &config.forward_headers,
     );
+    snapshot.edge.forward(pass, &mut metadata);
     let parts = upstream::CallParts {
         metadata,
         message,
-        timeout,
+        timeout: match route.kind {
+            CallKind::Unary => Some(timeout),
+            _ => stream_deadline,
+        },
     };
     match route.kind {
         CallKind::Unary => {
@@ -227,7 +256,16 @@ async fn call(
                 ),
             )
             .await
-            .map_err(|_| deadline_exceeded(timeout))??;
+            .map_err(|_| deadline_exceeded(timeout))??
+            .until(stream_deadline.map(|d| tokio::time::Instant::from_std(started_at) + d));
+            if route.response.is_raw() {
+                return stream::raw_stream_response(
+                    stream,
+                    route.response.clone(),
+                    streams.open(),
+                )
+                .await;
+            }
             Ok(stream::streamed_response(
                 stream,
                 framing,
@@ -254,6 +292,11 @@ fn deadline_exceeded(timeout: Duration) -> GatewayError {
 
 /// The call's deadline: the client's `grpc-timeout` or `X-Request-Timeout`, capped by the route's.
 fn deadline(headers: &HeaderMap, route: Duration) -> Result<Duration, GatewayError> {
+    Ok(client_deadline(headers)?.map_or(route, |c| c.min(route)))
+}
+
+/// The deadline the client asked for with `grpc-timeout` or `X-Request-Timeout`, if any.
+pub fn client_deadline(headers: &HeaderMap) -> Result<Option<Duration>, GatewayError> {
     let client = if let Some(value) = headers.get("grpc-timeout") {
         Some(parse_grpc_timeout(value.as_bytes()).ok_or_else(|| {
             GatewayError::invalid("invalid grpc-timeout header: expected e.g. 500m or 5S")
@@ -273,7 +316,7 @@ fn deadline(headers: &HeaderMap, route: Duration) -> Result<Duration, GatewayErr
     } else {
         None
     };
-    Ok(client.map_or(route, |c| c.min(route)))
+    Ok(client)
 }
 
 /// Parses the gRPC wire form of a timeout: up to 8 digits and a unit (H, M, S, m, u, n).

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -230,10 +230,9 @@ async fn run(command: Command) -> Result<(), String> {
             let addrs = demo::start_shop(stopped)
                 .await
                 .map_err(|e| format!("cannot start the demo services: {e}"))?;
-            let config = Config {
-                listen,
-                ..Config::default()
-            };
+            let mut config = Config::from_toml(&demo::edge_config_toml(), Path::new("."))
+                .map_err(|e| e.to_string())?;
+            config.listen = listen;
             let config = Arc::new(demo::shop_config(&addrs, config));
             let registry = demo::shop_registry().map_err(|e| e.to_string())?;
             let snapshot = Snapshot::build(config, registry, None).map_err(|e| e.to_string())?;

@@ -10,6 +10,8 @@ use http::uri::PathAndQuery;
 use prost_reflect::MethodDescriptor;
 
 use crate::config::{Backend, BackendName, Config, ServiceRule};
+use crate::middleware::policy::Policy;
+use crate::middleware::Edge;
 use crate::descriptors::{
     self, DescriptorError, HttpBinding, Registry, RegistryBuilder, RuleOrigin,
 };
@@ -65,6 +67,8 @@ pub struct Route {
     pub origin: RuleOrigin,
     /// The uploaded set its method came from; None for the startup inputs.
     pub set: Option<SetName>,
+    /// What callers of it must present and may do (auth, rate limits, CORS, header rules).
+    pub policy: Arc<Policy>,
 }
 
 /// A problem that stops a snapshot from being built; the running one stays.
@@ -174,6 +178,8 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     /// The uploaded sets merged into it.
     pub uploads: Uploads,
+    /// Authentication, rate limits and policies, made live.
+    pub edge: Edge,
 }
 
 impl Snapshot {
@@ -219,6 +225,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, SnapshotError> {
         let backends = Backends::build(&config, previous.map(|p| &p.backends));
+        let edge = Edge::new(&config.edge, previous.map(|p| &p.edge));
         // Which uploaded set each file came from, by the source name its files carry.
         let set_sources: HashMap<String, SetName> = uploads
             .iter()
@@ -291,6 +298,7 @@ impl Snapshot {
             config,
             warnings,
             uploads,
+            edge,
         })
     }
 }
@@ -444,6 +452,7 @@ fn build_route(
         timeout,
         origin: binding.origin,
         set,
+        policy: config.edge.policies.for_method(method.full_name()).clone(),
     })
 }
 

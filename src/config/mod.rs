@@ -207,6 +207,8 @@ pub struct Config {
     /// Backends whose services are registered at startup through gRPC server reflection
     /// (`reflect = true`).
     pub reflect_backends: Vec<BackendName>,
+    /// Authentication, rate limits and per-route policies.
+    pub edge: crate::middleware::EdgeSettings,
 }
 
 /// `[websocket]`: how WebSocket streams are bounded.
@@ -419,10 +421,29 @@ impl Config {
             }
         };
 
+        let edge = crate::middleware::EdgeSettings::from_raw(
+            crate::middleware::RawEdge {
+                auth: raw.auth.as_ref(),
+                plans: raw.plans.as_ref(),
+                policies: raw.policies.as_ref(),
+                trusted_proxies: &raw.trusted_proxies,
+                forwarded_header: raw.forwarded_header.as_deref(),
+                max_rate_limit_keys: raw.max_rate_limit_keys,
+            },
+            base,
+            &mut problems,
+        );
         let unknown = match raw.query.unknown.as_deref() {
             None | Some("ignore") => UnknownQuery::Ignore,
+            // Credentials in the query are the edge's, never a field of the message.
             Some("reject") => UnknownQuery::Reject {
-                always_ignored: raw.query.always_ignored.clone(),
+                always_ignored: raw
+                    .query
+                    .always_ignored
+                    .iter()
+                    .cloned()
+                    .chain(edge.auth.credential_params().map(str::to_owned))
+                    .collect(),
             },
             Some(other) => {
                 problems.push(format!(
@@ -568,6 +589,7 @@ impl Config {
             websocket,
             admin,
             reflect_backends,
+            edge,
         })
     }
 

@@ -43,6 +43,13 @@ pub(crate) struct RawConfig {
     pub http_rules: Vec<RawHttpRule>,
     #[serde(default)]
     pub websocket: RawWebSocket,
+    pub auth: Option<crate::middleware::auth::RawAuth>,
+    pub plans: Option<BTreeMap<String, crate::middleware::ratelimit::config::RawPlan>>,
+    pub policies: Option<BTreeMap<String, crate::middleware::policy::RawPolicy>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    pub forwarded_header: Option<String>,
+    pub max_rate_limit_keys: Option<u64>,
 }
 
 /// `[websocket]`.

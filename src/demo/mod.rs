@@ -159,9 +159,32 @@ pub fn shop_config(addrs: &ShopAddrs, mut config: Config) -> Config {
     config
 }
 
+/// The API key the demo accepts for its orders.
+pub const DEMO_API_KEY: &str = "demo-key";
+
+/// The demo's edge settings: orders need the API key [`DEMO_API_KEY`], whose "free" plan allows
+/// 5 requests a minute; the catalog and users stay public.
+pub fn edge_config_toml() -> String {
+    format!(
+        r#"
+[auth]
+api_keys = [{{ name = "demo", sha256 = "{hash}", plan = "free" }}]
+
+[plans.free]
+limits = [{{ requests = 5, per = "1m" }}]
+
+[policies."shop.v1.OrderService"]
+auth = "api_key"
+rate_limits = [{{ key = "caller", plan = true }}]
+"#,
+        hash = crate::middleware::auth::api_key::sha256_hex(DEMO_API_KEY),
+    )
+}
+
 /// What `protogate demo` prints: the curl commands that work against it.
 pub fn instructions(listen: SocketAddr) -> String {
     let base = format!("http://{listen}");
+    let key = DEMO_API_KEY;
     format!(
         r#"protogate demo: the shop's catalog, orders and users services run on loopback, with the
 gateway in front of them at {base}. Try:
@@ -174,9 +197,14 @@ gateway in front of them at {base}. Try:
   curl -X POST {base}/v1/products -H 'Content-Type: application/json' -d '{{"name": "Tea", "priceCents": 450, "currency": "EUR"}}'
   curl -X POST {base}/v1/products -H 'Content-Type: application/xml' -d '<Product><name>Coffee</name><priceCents>300</priceCents><currency>EUR</currency></Product>'
   curl -X PATCH {base}/v1/products/p1 -H 'Content-Type: application/json' -d '{{"priceCents": 3499}}'   # update_mask from the body
-  curl -X POST {base}/v1/users/u1/orders -H 'Content-Type: application/json' -d '{{"items": [{{"productId": "p1", "quantity": 2}}]}}'
-  curl {base}/v1/users/u1/orders
-  curl -X POST {base}/v1/orders/o1:cancel -H 'Content-Type: application/json' -d '{{}}'
+
+Orders need the API key {key} (plan "free": 5 requests a minute, then 429 with Retry-After):
+
+  curl -i {base}/v1/users/u1/orders                   # 401: no key
+  curl -X POST {base}/v1/users/u1/orders -H 'x-api-key: {key}' -H 'Content-Type: application/json' -d '{{"items": [{{"productId": "p1", "quantity": 2}}]}}'
+  curl -i {base}/v1/users/u1/orders -H 'x-api-key: {key}'   # RateLimit-* headers
+  curl -X POST {base}/v1/orders/o1:cancel -H 'x-api-key: {key}' -H 'Content-Type: application/json' -d '{{}}'
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}}\n' -H 'x-api-key: {key}' {base}/v1/users/u1/orders; done
   curl -N {base}/v1/products/p1:watch                 # server streaming, one JSON line per update
   curl -X POST {base}/shop.v1.UserService/GetUser -H 'Content-Type: application/json' -d '{{"id": "u1"}}'
 

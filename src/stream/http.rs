@@ -168,6 +168,43 @@ pub fn streamed_response(
     response
 }
 
+/// Serves a server stream of `google.api.HttpBody` as grpc-gateway does: each message's data
+/// written raw, under the first message's content type. The headers wait for that first
+/// message. A failure after it cannot be told in a raw body, so the body is cut short (no final
+/// chunk on HTTP/1.1, a reset on HTTP/2): a download never ends looking complete.
+pub async fn raw_stream_response(
+    stream: upstream::ServerStream,
+    plan: crate::transcode::ResponsePlan,
+    guard: ActiveStream,
+) -> Result<Response<Body>, GatewayError> {
+    let upstream::ServerStream {
+        headers: metadata,
+        mut messages,
+    } = stream;
+    let (content_type, first) = match messages.next().await {
+        None => ("application/octet-stream".to_owned(), Bytes::new()),
+        Some(Err(err)) => return Err(err.with_metadata(metadata)),
+        Some(Ok(bytes)) => {
+            let rendered = plan
+                .render(bytes)
+                .map_err(|err| err.with_metadata(metadata.clone()))?;
+            (rendered.content_type, rendered.body)
+        }
+    };
+    let rest = messages.map(move |item| {
+        let _open = &guard;
+        item.and_then(|bytes| plan.render(bytes).map(|r| r.body))
+            .map_err(|err| std::io::Error::other(err.to_string()))
+    });
+    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(rest);
+    let mut response = Response::new(Body::from_stream(body));
+    if let Ok(ct) = http::HeaderValue::from_str(&content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    upstream::response_headers(&metadata, "grpc-metadata-", response.headers_mut());
+    Ok(response)
+}
+
 enum Event {
     Message(Bytes),
     Failed(GatewayError),
@@ -377,24 +414,27 @@ pub async fn serve(
         max_message_bytes: snapshot.config.max_body_bytes,
     };
     let (requests, mut abort) = request_messages(call.body, binding, streams.stats().clone());
+    let until = call.deadline.map(|d| tokio::time::Instant::now() + d);
+    let wait = call.deadline.map_or(call.timeout, |d| d.min(call.timeout));
     let open = upstream::streaming(
         &backend,
         route.grpc_path.clone(),
         call.metadata,
-        Some(call.timeout),
+        call.deadline,
         requests,
         snapshot.config.max_response_bytes,
     );
     let stream = tokio::select! {
         biased;
         err = abort.failed() => return Err(err),
-        opened = tokio::time::timeout(call.timeout, open) => opened.map_err(|_| {
+        opened = tokio::time::timeout(wait, open) => opened.map_err(|_| {
             GatewayError::new(
                 ErrorKind::Timeout,
-                format!("the backend did not answer within {:?}", call.timeout),
+                format!("the backend did not answer within {wait:?}"),
             )
         })??,
-    };
+    }
+    .until(until);
     if route.kind == crate::snapshot::CallKind::ClientStreaming {
         let (headers, message) = client_stream_response(stream, abort).await?;
         let rendered = route
@@ -431,6 +471,8 @@ pub struct StreamCall {
     pub query: Option<String>,
     /// Metadata for the backend.
     pub metadata: tonic::metadata::MetadataMap,
-    /// The deadline.
+    /// How long the backend may take to answer with its headers.
     pub timeout: Duration,
+    /// The client's deadline for the whole stream, if it set one.
+    pub deadline: Option<Duration>,
 }

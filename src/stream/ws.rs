@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{ActiveStream, OpenSocket, StreamStats, Streams};
 use crate::config::WebSocketConfig as Limits;
 use crate::error::{ErrorKind, GatewayError, WS_CLOSE_GOING_AWAY, WS_CLOSE_NORMAL};
+use crate::middleware::{MessageGate, Pass};
 use crate::routing::RouteMatch;
 use crate::snapshot::{CallKind, Route, Snapshot};
 use crate::transcode::status::error_json;
@@ -150,6 +151,7 @@ pub fn upgrade(
     streams: &Streams,
     mut request: Request<Body>,
     remote: Option<SocketAddr>,
+    pass: &mut Pass,
 ) -> Result<(Response<Body>, Arc<Route>), Refusal> {
     let limits = snapshot.config.websocket.clone();
     let headers = request.headers();
@@ -184,7 +186,7 @@ pub fn upgrade(
         .query()
         .map(|q| {
             url_pairs(q)
-                .filter(|(k, _)| k != "method")
+                .filter(|(k, _)| k != "method" && metadata_param(k).is_none())
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
@@ -195,6 +197,22 @@ pub fn upgrade(
     let (route, vars) = route_of(&snapshot, request.uri().path(), method_override.as_deref())
         .map_err(|e| (e, None))?;
     let fail = |e: GatewayError| (e, Some(route.clone()));
+    // Authenticated at the upgrade, by header, query parameter or handshake token.
+    let shake = handshake(request.headers());
+    // A socket lives as long as it is used; a deadline the client sets bounds its call.
+    let deadline = crate::gateway::client_deadline(request.headers()).map_err(fail)?;
+    let query_text_raw = request.uri().query().map(str::to_owned);
+    snapshot
+        .edge
+        .admit(
+            pass,
+            &route,
+            request.headers_mut(),
+            query_text_raw.as_deref(),
+            shake.token.as_deref(),
+        )
+        .map_err(fail)?;
+    let headers = request.headers();
     let backend = route.backend.clone().ok_or_else(|| {
         fail(GatewayError::new(
             ErrorKind::Unavailable,
@@ -210,7 +228,6 @@ pub fn upgrade(
             ),
         )));
     };
-    let shake = handshake(headers);
     let mut metadata = upstream::request_metadata(
         headers,
         request.uri().authority().map(|a| a.as_str()),
@@ -222,6 +239,23 @@ pub fn upgrade(
             metadata.insert("authorization", value);
         }
     }
+    // Browsers cannot set headers on a socket: `?grpc-metadata-KEY=value` stands for the
+    // `Grpc-Metadata-KEY` header (and, like it, cannot forge what the edge forwards).
+    if let Some(q) = request.uri().query() {
+        for (key, value) in url_pairs(q) {
+            let Some(name) = metadata_param(&key) else {
+                continue;
+            };
+            if let (Ok(k), Ok(v)) = (
+                tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes()),
+                tonic::metadata::AsciiMetadataValue::try_from(value.as_str()),
+            ) {
+                metadata.append(k, v);
+            }
+        }
+    }
+    snapshot.edge.forward(pass, &mut metadata);
+    let gate = snapshot.edge.message_gate(pass, &route);
     let query_text = (!query.is_empty()).then(|| {
         query
             .iter()
@@ -241,6 +275,8 @@ pub fn upgrade(
         limits: limits.clone(),
         active: streams.open(),
         going_away: streams.going_away(),
+        gate,
+        deadline,
         _socket: socket,
     };
     tokio::spawn(async move {
@@ -276,6 +312,15 @@ pub fn upgrade(
     Ok((response, route))
 }
 
+/// The metadata key a `grpc-metadata-KEY` query parameter stands for; binary (`-bin`) and
+/// reserved gRPC keys are not taken from a URL.
+fn metadata_param(key: &str) -> Option<String> {
+    let lower = key.to_ascii_lowercase();
+    let name = lower.strip_prefix("grpc-metadata-")?;
+    let reserved = name.is_empty() || name.ends_with("-bin") || name.starts_with("grpc-");
+    (!reserved).then(|| name.to_owned())
+}
+
 fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query.split('&').filter(|p| !p.is_empty()).map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -305,6 +350,10 @@ pub struct WsCall {
     limits: Limits,
     active: ActiveStream,
     going_away: watch::Receiver<bool>,
+    /// Charges each request message to the route's rate limits.
+    gate: Option<MessageGate>,
+    /// The client's deadline for the call, if it set one.
+    deadline: Option<Duration>,
     _socket: OpenSocket,
 }
 
@@ -344,6 +393,8 @@ where
         limits,
         active,
         mut going_away,
+        gate,
+        deadline,
         _socket,
     } = call;
     let stats: &StreamStats = active.stats();
@@ -355,10 +406,26 @@ where
     let grpc_path = route.grpc_path.clone();
     let backend_task = tokio::spawn(async move {
         let requests = tokio_stream::wrappers::ReceiverStream::new(request_rx).boxed();
-        let opened =
-            upstream::streaming(&backend, grpc_path, metadata, None, requests, max_response).await;
+        let until = deadline.map(|d| tokio::time::Instant::now() + d);
+        let open = upstream::streaming(
+            &backend,
+            grpc_path,
+            metadata,
+            deadline,
+            requests,
+            max_response,
+        );
+        let opened = match until {
+            Some(until) => tokio::time::timeout_at(until, open).await.unwrap_or_else(|_| {
+                Err(GatewayError::new(
+                    ErrorKind::Timeout,
+                    "the call's deadline passed before the backend answered",
+                ))
+            }),
+            None => open.await,
+        };
         let mut stream = match opened {
-            Ok(stream) => stream,
+            Ok(stream) => stream.until(until),
             Err(err) => {
                 let _ = events_tx.send(FromBackend::End(Err(err))).await;
                 return;
@@ -447,6 +514,16 @@ where
                     Some(Err(_)) => break Ending::ClientGone,
                     Some(Ok(message)) => message,
                 };
+                let is_request = match &message {
+                    Message::Text(text) => text.as_str() != HALF_CLOSE,
+                    Message::Binary(_) => true,
+                    _ => false,
+                };
+                if let (true, Some(gate)) = (is_request, &gate) {
+                    if let Err(err) = gate.check() {
+                        break Ending::Refused(err);
+                    }
+                }
                 match message {
                     Message::Text(text) if text.as_str() == HALF_CLOSE => requests = None,
                     Message::Text(text) => {

@@ -17,15 +17,18 @@ pub struct CallParts {
     pub metadata: MetadataMap,
     /// The request message.
     pub message: Outgoing,
-    /// The deadline, sent as `grpc-timeout`.
-    pub timeout: std::time::Duration,
+    /// The deadline sent as `grpc-timeout`; None sends none (a stream the client set no
+    /// deadline for may live as long as it is used).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl CallParts {
     fn request(self) -> tonic::Request<Outgoing> {
         let mut request =
             tonic::Request::from_parts(self.metadata, Default::default(), self.message);
-        request.set_timeout(self.timeout);
+        if let Some(timeout) = self.timeout {
+            request.set_timeout(timeout);
+        }
         request
     }
 }
@@ -167,6 +170,37 @@ pub struct ServerStream {
     pub headers: MetadataMap,
     /// Each message's bytes; a failure is the last item.
     pub messages: futures_util::stream::BoxStream<'static, Result<Bytes, GatewayError>>,
+}
+
+impl ServerStream {
+    /// The same stream, ended with DEADLINE_EXCEEDED if it is still running at `deadline`
+    /// (dropping the backend's stream cancels the call there).
+    pub fn until(self, deadline: Option<tokio::time::Instant>) -> ServerStream {
+        let Some(deadline) = deadline else {
+            return self;
+        };
+        let bounded = futures_util::stream::unfold(Some(self.messages), move |state| async move {
+            let mut messages = state?;
+            match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut messages))
+                .await
+            {
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(messages))),
+                Ok(Some(Err(err))) => Some((Err(err), None)),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(GatewayError::new(
+                        ErrorKind::Timeout,
+                        "the call's deadline passed before the stream ended",
+                    )),
+                    None,
+                )),
+            }
+        });
+        ServerStream {
+            headers: self.headers,
+            messages: Box::pin(bounded),
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerStream {

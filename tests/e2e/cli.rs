@@ -555,7 +555,7 @@ async fn demo_instructions_all_work() {
         .map(Curl::parse)
         .collect();
     assert!(curls.len() >= 10, "{curls:#?}");
-    let mut not_found = 0;
+    let (mut not_found, mut unauthorized) = (0, 0);
     // In order: later lines use what earlier ones created (order o1).
     for curl in &curls {
         let mut request = client.request(curl.method.clone(), &curl.url);
@@ -587,6 +587,13 @@ async fn demo_instructions_all_work() {
             assert_eq!(body["code"], 5, "{curl:?}: {text}");
             continue;
         }
+        if curl.comment.contains("401") {
+            unauthorized += 1;
+            assert_eq!(status, 401, "{curl:?}: {text}");
+            let body: serde_json::Value = serde_json::from_str(&text).expect("JSON error body");
+            assert_eq!(body["code"], 16, "{curl:?}: {text}");
+            continue;
+        }
         assert!(status.is_success(), "{curl:?}: {status} {text}");
         if curl.streaming {
             let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
@@ -603,6 +610,27 @@ async fn demo_instructions_all_work() {
         }
     }
     assert_eq!(not_found, 1, "exactly one line is commented as a 404");
+    assert_eq!(unauthorized, 1, "exactly one line is commented as a 401");
+    // The key's plan allows 5 order requests a minute: the loop the instructions print ends in
+    // a 429 with Retry-After.
+    let orders = format!("http://{}/v1/users/u1/orders", demo.addr);
+    let mut limited = None;
+    for _ in 0..6 {
+        let resp = client
+            .get(&orders)
+            .header("x-api-key", demo::DEMO_API_KEY)
+            .send()
+            .await
+            .expect("request");
+        if resp.status() == 429 {
+            limited = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status(), 200);
+    }
+    let limited = limited.expect("the demo's rate limit answered 429 within its plan");
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(limited.headers()["ratelimit-limit"], "5");
 }
 
 #[tokio::test]

@@ -22,3 +22,4 @@ mod shutdown;
 mod streaming;
 mod upstream;
 mod websocket;
+mod edge;

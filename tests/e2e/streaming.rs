@@ -398,3 +398,104 @@ async fn shutdown_ends_http_streams_with_unavailable() {
     assert_eq!(line(&mut resp, &mut buf).await, None);
     drop(tx);
 }
+
+/// Opens a bidi chat over HTTP with one message sent and the body left open.
+async fn open_chat(
+    gw: &Gateway,
+    headers: &[(&str, &str)],
+) -> (mpsc::Sender<Result<Bytes, std::io::Error>>, reqwest::Response) {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    tx.send(Ok(Bytes::from_static(b"{\"messageId\":\"one\"}\n")))
+        .await
+        .expect("send");
+    let mut request = gw
+        .client
+        .post(gw.url("/v1/chat"))
+        .header("grpc-metadata-x-mirror-repeat", "1");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(WAIT, request.body(body).send())
+        .await
+        .expect("headers in time")
+        .expect("chat");
+    (tx, resp)
+}
+
+#[tokio::test]
+async fn a_stream_outlives_the_route_timeout_but_not_the_clients_deadline() {
+    let gw = Gateway::mirror("default_timeout = \"300ms\"").await;
+    // The route's timeout bounds the wait for the backend's headers only.
+    let (tx, mut resp) = open_chat(&gw, &[]).await;
+    let mut buf = Vec::new();
+    assert!(line(&mut resp, &mut buf).await.expect("first").contains("one"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    tx.send(Ok(Bytes::from_static(b"{\"messageId\":\"two\"}")))
+        .await
+        .expect("send");
+    let second = line(&mut resp, &mut buf).await.expect("second line");
+    assert!(second.contains("\"two\""), "{second}");
+    drop(tx);
+    assert_eq!(line(&mut resp, &mut buf).await, None);
+
+    // A deadline the client sets ends the whole stream with DEADLINE_EXCEEDED, and cancels the
+    // backend's call.
+    let (_tx, mut resp) = open_chat(&gw, &[("grpc-timeout", "400m")]).await;
+    let mut buf = Vec::new();
+    assert!(line(&mut resp, &mut buf).await.expect("first").contains("one"));
+    let last = line(&mut resp, &mut buf).await.expect("an error line");
+    let error: serde_json::Value = serde_json::from_str(&last).expect("json");
+    assert_eq!(error["error"]["code"], 4, "{last}");
+    assert_eq!(line(&mut resp, &mut buf).await, None);
+    eventually("streams closed", || active(&gw) == 0).await;
+}
+
+#[tokio::test]
+async fn a_server_stream_of_http_bodies_is_written_raw() {
+    let gw = Gateway::mirror("").await;
+    let resp = gw
+        .client
+        .post(gw.url("/v1/download"))
+        .header("content-type", "text/csv")
+        .header("grpc-metadata-x-mirror-repeat", "3")
+        .body("a,b\n")
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/csv");
+    assert_eq!(resp.text().await.expect("body"), "a,b\na,b\na,b\n");
+
+    // A failure after the first chunk cuts the body short instead of ending it cleanly.
+    let resp = gw
+        .client
+        .post(gw.url("/v1/download"))
+        .header("content-type", "text/csv")
+        .header("grpc-metadata-x-mirror-repeat", "3")
+        .header("grpc-metadata-x-mirror-fail-after", "1")
+        .body("a,b\n")
+        .send()
+        .await;
+    // Cut before or after the head was flushed: the client sees a failure either way.
+    let cut = match resp {
+        Err(_) => true,
+        Ok(resp) => {
+            assert_eq!(resp.status(), 200);
+            resp.bytes().await.is_err()
+        }
+    };
+    assert!(cut, "a failed download must not look complete");
+    // A failure before the first chunk is an ordinary error response.
+    let failed = gw
+        .client
+        .post(gw.url("/v1/download"))
+        .header("content-type", "text/csv")
+        .header("grpc-metadata-x-mirror-code", "5")
+        .body("a,b\n")
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(failed.status(), 404);
+    eventually("streams closed", || active(&gw) == 0).await;
+}

@@ -13,6 +13,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::routing::RouteMatch;
 use crate::snapshot::{CallKind, Route, Snapshot, SnapshotStore};
 use crate::stream;
+use crate::telemetry::{Metrics, Protocol, Rejection};
 use crate::transcode::negotiate::{self, ResponseFormat};
 use crate::transcode::status::error_body;
 use crate::upstream::{self, Outgoing};
@@ -34,24 +35,44 @@ pub async fn handle(
     // in it; an unacceptable Accept is reported in JSON once the route is known to need one.
     let accepted = negotiate_accept(request.headers(), &negotiate::OFFERS);
     let errors_in = accepted.as_ref().map_or(ResponseFormat::Json, |f| *f);
-    let served = if stream::ws::is_upgrade(request.headers()) {
-        stream::ws::upgrade(snapshot.clone(), store.streams(), request, remote)
+    let metrics = store.metrics();
+    let (protocol, served) = if stream::ws::is_upgrade(request.headers()) {
+        let upgraded =
+            stream::ws::upgrade(snapshot.clone(), store.streams(), metrics, request, remote);
+        (Protocol::Websocket, upgraded)
     } else {
-        serve(&snapshot, request, remote, store.streams(), &accepted).await
+        let served = serve(
+            &snapshot,
+            request,
+            remote,
+            store.streams(),
+            metrics,
+            &accepted,
+        )
+        .await;
+        (Protocol::Http, served)
     };
     let (response, route) = match served {
         Ok((response, route)) => (response, Some(route)),
-        Err((err, route)) => (error_response_in(&snapshot, &err, errors_in), route),
+        Err((err, route)) => {
+            if err.kind() == &ErrorKind::PayloadTooLarge {
+                metrics.reject(Rejection::BodyTooLarge);
+            }
+            (error_response_in(&snapshot, &err, errors_in), route)
+        }
     };
+    let elapsed = started.elapsed();
+    let template = route.as_ref().map(|r| &*r.template);
     tracing::info!(
         target: "protogate::access",
         method = %method,
         path = %uri.path(),
-        route = route.as_ref().map_or("-", |r| &*r.template),
+        route = template.unwrap_or("-"),
         grpc_method = route.as_ref().map_or("-", |r| r.method.full_name()),
         status = response.status().as_u16(),
-        latency_us = started.elapsed().as_micros() as u64,
+        latency_us = elapsed.as_micros() as u64,
     );
+    metrics.request(template, &method, response.status(), protocol, elapsed);
     response
 }
 
@@ -82,6 +103,7 @@ async fn serve(
     request: Request<Body>,
     remote: Option<SocketAddr>,
     streams: &stream::Streams,
+    metrics: &Metrics,
     accepted: &Result<ResponseFormat, GatewayError>,
 ) -> Result<(Response<Body>, Arc<Route>), Failure> {
     let (route, vars) = match snapshot.routes.find(request.method(), request.uri().path()) {
@@ -99,7 +121,10 @@ async fn serve(
             return Err((GatewayError::new(ErrorKind::NoRoute, "Not Found"), None))
         }
     };
-    match call(snapshot, &route, request, vars, remote, streams, accepted).await {
+    let call = call(
+        snapshot, &route, request, vars, remote, streams, metrics, accepted,
+    );
+    match call.await {
         Ok(response) => Ok((response, route)),
         Err(err) => Err((err, Some(route))),
     }
@@ -112,9 +137,11 @@ async fn call(
     vars: Vec<String>,
     remote: Option<SocketAddr>,
     streams: &stream::Streams,
+    metrics: &Metrics,
     accepted: &Result<ResponseFormat, GatewayError>,
 ) -> Result<Response<Body>, GatewayError> {
     let config = &snapshot.config;
+    let timer = metrics.upstream(route.method.full_name());
     let (parts, body) = request.into_parts();
     let timeout = deadline(&parts.headers, route.timeout)?;
     if matches!(route.kind, CallKind::ClientStreaming | CallKind::Bidi) {
@@ -133,7 +160,7 @@ async fn call(
             metadata,
             timeout,
         };
-        return stream::serve(snapshot, route.clone(), call, streams).await;
+        return stream::serve(snapshot, route.clone(), call, streams, &timer).await;
     }
     // HttpBody responses are written raw whatever Accept says. Streams are JSON, framed as
     // NDJSON, an array or SSE (chosen from Accept by `stream::Framing`), so an Accept that allows
@@ -196,6 +223,7 @@ async fn call(
                     route.grpc_path.clone(),
                     parts,
                     config.max_response_bytes,
+                    &timer,
                 ),
             )
             .await
@@ -224,6 +252,7 @@ async fn call(
                     route.grpc_path.clone(),
                     parts,
                     config.max_response_bytes,
+                    &timer,
                 ),
             )
             .await

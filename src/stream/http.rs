@@ -352,6 +352,7 @@ pub async fn serve(
     route: Arc<Route>,
     call: StreamCall,
     streams: &super::Streams,
+    timer: &crate::telemetry::UpstreamTimer,
 ) -> Result<Response<Body>, GatewayError> {
     let backend = route.backend.clone().ok_or_else(|| {
         GatewayError::new(
@@ -384,6 +385,7 @@ pub async fn serve(
         Some(call.timeout),
         requests,
         snapshot.config.max_response_bytes,
+        timer,
     );
     let stream = tokio::select! {
         biased;

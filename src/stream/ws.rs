@@ -22,6 +22,7 @@ use crate::config::WebSocketConfig as Limits;
 use crate::error::{ErrorKind, GatewayError, WS_CLOSE_GOING_AWAY, WS_CLOSE_NORMAL};
 use crate::routing::RouteMatch;
 use crate::snapshot::{CallKind, Route, Snapshot};
+use crate::telemetry::{Metrics, UpstreamTimer};
 use crate::transcode::status::error_json;
 use crate::upstream::{self, Outgoing};
 
@@ -148,6 +149,7 @@ pub type Refusal = (GatewayError, Option<Arc<Route>>);
 pub fn upgrade(
     snapshot: Arc<Snapshot>,
     streams: &Streams,
+    metrics: &Metrics,
     mut request: Request<Body>,
     remote: Option<SocketAddr>,
 ) -> Result<(Response<Body>, Arc<Route>), Refusal> {
@@ -241,6 +243,7 @@ pub fn upgrade(
         limits: limits.clone(),
         active: streams.open(),
         going_away: streams.going_away(),
+        timer: metrics.upstream(route.method.full_name()),
         _socket: socket,
     };
     tokio::spawn(async move {
@@ -305,6 +308,7 @@ pub struct WsCall {
     limits: Limits,
     active: ActiveStream,
     going_away: watch::Receiver<bool>,
+    timer: UpstreamTimer,
     _socket: OpenSocket,
 }
 
@@ -344,6 +348,7 @@ where
         limits,
         active,
         mut going_away,
+        timer,
         _socket,
     } = call;
     let stats: &StreamStats = active.stats();
@@ -355,8 +360,16 @@ where
     let grpc_path = route.grpc_path.clone();
     let backend_task = tokio::spawn(async move {
         let requests = tokio_stream::wrappers::ReceiverStream::new(request_rx).boxed();
-        let opened =
-            upstream::streaming(&backend, grpc_path, metadata, None, requests, max_response).await;
+        let opened = upstream::streaming(
+            &backend,
+            grpc_path,
+            metadata,
+            None,
+            requests,
+            max_response,
+            &timer,
+        )
+        .await;
         let mut stream = match opened {
             Ok(stream) => stream,
             Err(err) => {

@@ -13,7 +13,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::routing::RouteMatch;
 use crate::snapshot::{CallKind, Route, Snapshot, SnapshotStore};
 use crate::stream;
-use crate::telemetry::{Metrics, Protocol, Rejection};
+use crate::telemetry::{Protocol, Rejection};
 use crate::transcode::negotiate::{self, ResponseFormat};
 use crate::transcode::status::error_body;
 use crate::upstream::{self, Outgoing};
@@ -41,15 +41,7 @@ pub async fn handle(
             stream::ws::upgrade(snapshot.clone(), store.streams(), metrics, request, remote);
         (Protocol::Websocket, upgraded)
     } else {
-        let served = serve(
-            &snapshot,
-            request,
-            remote,
-            store.streams(),
-            metrics,
-            &accepted,
-        )
-        .await;
+        let served = serve(&snapshot, request, remote, store, &accepted).await;
         (Protocol::Http, served)
     };
     let (response, route) = match served {
@@ -102,8 +94,7 @@ async fn serve(
     snapshot: &Snapshot,
     request: Request<Body>,
     remote: Option<SocketAddr>,
-    streams: &stream::Streams,
-    metrics: &Metrics,
+    store: &SnapshotStore,
     accepted: &Result<ResponseFormat, GatewayError>,
 ) -> Result<(Response<Body>, Arc<Route>), Failure> {
     let (route, vars) = match snapshot.routes.find(request.method(), request.uri().path()) {
@@ -121,10 +112,7 @@ async fn serve(
             return Err((GatewayError::new(ErrorKind::NoRoute, "Not Found"), None))
         }
     };
-    let call = call(
-        snapshot, &route, request, vars, remote, streams, metrics, accepted,
-    );
-    match call.await {
+    match call(snapshot, &route, request, vars, remote, store, accepted).await {
         Ok(response) => Ok((response, route)),
         Err(err) => Err((err, Some(route))),
     }
@@ -136,12 +124,11 @@ async fn call(
     request: Request<Body>,
     vars: Vec<String>,
     remote: Option<SocketAddr>,
-    streams: &stream::Streams,
-    metrics: &Metrics,
+    store: &SnapshotStore,
     accepted: &Result<ResponseFormat, GatewayError>,
 ) -> Result<Response<Body>, GatewayError> {
     let config = &snapshot.config;
-    let timer = metrics.upstream(route.method.full_name());
+    let timer = store.metrics().upstream(route.method.full_name());
     let (parts, body) = request.into_parts();
     let timeout = deadline(&parts.headers, route.timeout)?;
     if matches!(route.kind, CallKind::ClientStreaming | CallKind::Bidi) {
@@ -160,7 +147,7 @@ async fn call(
             metadata,
             timeout,
         };
-        return stream::serve(snapshot, route.clone(), call, streams, &timer).await;
+        return stream::serve(snapshot, route.clone(), call, store.streams(), &timer).await;
     }
     // HttpBody responses are written raw whatever Accept says. Streams are JSON, framed as
     // NDJSON, an array or SSE (chosen from Accept by `stream::Framing`), so an Accept that allows
@@ -263,7 +250,7 @@ async fn call(
                 stream::renderer(snapshot, route),
                 None,
                 stream::SSE_HEARTBEAT,
-                streams.open(),
+                store.streams().open(),
             ))
         }
         // Served above, before the body is read.

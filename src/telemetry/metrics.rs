@@ -500,7 +500,7 @@ mod tests {
         let down = GatewayError::new(crate::error::ErrorKind::Unavailable, "refused");
         timer.start().finish(&Err::<(), _>(down));
         // Given up on: dropped without an answer.
-        drop(timer.clone().start());
+        drop(timer.start());
         let out = text(&m);
         for code in ["OK", "UNAVAILABLE", "CANCELLED"] {
             let series = format!(

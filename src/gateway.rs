@@ -14,6 +14,7 @@ use crate::middleware::Pass;
 use crate::routing::RouteMatch;
 use crate::snapshot::{CallKind, Route, Snapshot, SnapshotStore};
 use crate::stream;
+use crate::telemetry::{Protocol, Rejection};
 use crate::transcode::negotiate::{self, ResponseFormat};
 use crate::transcode::status::error_body;
 use crate::upstream::{self, Outgoing};
@@ -36,36 +37,58 @@ pub async fn handle(
     let accepted = negotiate_accept(request.headers(), &negotiate::OFFERS);
     let errors_in = accepted.as_ref().map_or(ResponseFormat::Json, |f| *f);
     let edge = &snapshot.edge;
+    let metrics = store.metrics();
     let (mut pass, entered) = edge.enter(&mut request, remote);
+    let protocol = if stream::ws::is_upgrade(request.headers()) {
+        Protocol::Websocket
+    } else {
+        Protocol::Http
+    };
     let served = match entered {
         Err(err) => Err((err, None)),
         Ok(()) => match edge.preflight(&snapshot.routes, &request, &mut pass) {
             Some(Ok(response)) => Ok((response, None)),
             Some(Err(err)) => Err((err, None)),
-            None if stream::ws::is_upgrade(request.headers()) => {
-                stream::ws::upgrade(snapshot.clone(), store.streams(), request, remote, &mut pass)
-                    .map(|(response, route)| (response, Some(route)))
-            }
-            None => serve(&snapshot, request, remote, store.streams(), &accepted, &mut pass)
+            None if protocol == Protocol::Websocket => stream::ws::upgrade(
+                snapshot.clone(),
+                store.streams(),
+                metrics,
+                request,
+                remote,
+                &mut pass,
+            )
+            .map(|(response, route)| (response, Some(route))),
+            None => serve(&snapshot, request, remote, store, &accepted, &mut pass)
                 .await
                 .map(|(response, route)| (response, Some(route))),
         },
     };
     let (mut response, route) = match served {
         Ok((response, route)) => (response, route),
-        Err((err, route)) => (error_response_in(&snapshot, &err, errors_in), route),
+        Err((err, route)) => {
+            if err.kind() == &ErrorKind::PayloadTooLarge {
+                metrics.reject(Rejection::BodyTooLarge);
+            }
+            (error_response_in(&snapshot, &err, errors_in), route)
+        }
     };
+    if let Some(rejection) = pass.rejection {
+        metrics.reject(rejection);
+    }
     edge.leave(&pass, &mut response);
+    let elapsed = started.elapsed();
+    let template = route.as_ref().map(|r| &*r.template);
     tracing::info!(
         target: "protogate::access",
         method = %method,
         path = %uri.path(),
-        route = route.as_ref().map_or("-", |r| &*r.template),
+        route = template.unwrap_or("-"),
         grpc_method = route.as_ref().map_or("-", |r| r.method.full_name()),
         status = response.status().as_u16(),
-        latency_us = started.elapsed().as_micros() as u64,
+        latency_us = elapsed.as_micros() as u64,
         request_id = pass.request_id.to_str().unwrap_or("-"),
     );
+    metrics.request(template, &method, response.status(), protocol, elapsed);
     response
 }
 
@@ -95,7 +118,7 @@ async fn serve(
     snapshot: &Snapshot,
     request: Request<Body>,
     remote: Option<SocketAddr>,
-    streams: &stream::Streams,
+    store: &SnapshotStore,
     accepted: &Result<ResponseFormat, GatewayError>,
     pass: &mut Pass,
 ) -> Result<(Response<Body>, Arc<Route>), Failure> {
@@ -114,7 +137,7 @@ async fn serve(
             return Err((GatewayError::new(ErrorKind::NoRoute, "Not Found"), None))
         }
     };
-    match call(snapshot, &route, request, vars, remote, streams, accepted, pass).await {
+    match call(snapshot, &route, request, vars, remote, store, accepted, pass).await {
         Ok(response) => Ok((response, route)),
         Err(err) => Err((err, Some(route))),
     }
@@ -126,12 +149,13 @@ async fn call(
     request: Request<Body>,
     vars: Vec<String>,
     remote: Option<SocketAddr>,
-    streams: &stream::Streams,
+    store: &SnapshotStore,
     accepted: &Result<ResponseFormat, GatewayError>,
     pass: &mut Pass,
 ) -> Result<Response<Body>, GatewayError> {
     let started_at = std::time::Instant::now();
     let config = &snapshot.config;
+    let timer = store.metrics().upstream(route.method.full_name());
     let (mut parts, body) = request.into_parts();
     snapshot
         .edge
@@ -158,7 +182,7 @@ async fn call(
             timeout,
             deadline: stream_deadline,
         };
-        return stream::serve(snapshot, route.clone(), call, streams).await;
+        return stream::serve(snapshot, route.clone(), call, store.streams(), &timer).await;
     }
     // HttpBody responses are written raw whatever Accept says. Streams are JSON, framed as
     // NDJSON, an array or SSE (chosen from Accept by `stream::Framing`), so an Accept that allows
@@ -225,6 +249,7 @@ async fn call(
                     route.grpc_path.clone(),
                     parts,
                     config.max_response_bytes,
+                    &timer,
                 ),
             )
             .await
@@ -253,6 +278,7 @@ async fn call(
                     route.grpc_path.clone(),
                     parts,
                     config.max_response_bytes,
+                    &timer,
                 ),
             )
             .await
@@ -262,7 +288,7 @@ async fn call(
                 return stream::raw_stream_response(
                     stream,
                     route.response.clone(),
-                    streams.open(),
+                    store.streams().open(),
                 )
                 .await;
             }
@@ -272,7 +298,7 @@ async fn call(
                 stream::renderer(snapshot, route),
                 None,
                 stream::SSE_HEARTBEAT,
-                streams.open(),
+                store.streams().open(),
             ))
         }
         // Served above, before the body is read.

@@ -462,14 +462,19 @@ pub struct SnapshotStore {
     current: ArcSwap<Snapshot>,
     /// Every stream's counters and going-away signal; they outlive snapshot swaps.
     streams: crate::stream::Streams,
+    /// The Prometheus metrics; like the stream counters, they outlive snapshot swaps.
+    metrics: crate::telemetry::Metrics,
 }
 
 impl SnapshotStore {
     /// A store holding `snapshot`.
     pub fn new(snapshot: Snapshot) -> Self {
+        let streams = crate::stream::Streams::default();
+        let metrics = crate::telemetry::Metrics::new(streams.stats().clone());
         SnapshotStore {
             current: ArcSwap::from_pointee(snapshot),
-            streams: crate::stream::Streams::default(),
+            streams,
+            metrics,
         }
     }
 
@@ -481,6 +486,11 @@ impl SnapshotStore {
     /// The streams served from this store.
     pub fn streams(&self) -> &crate::stream::Streams {
         &self.streams
+    }
+
+    /// The metrics of requests served from this store.
+    pub fn metrics(&self) -> &crate::telemetry::Metrics {
+        &self.metrics
     }
 
     /// Publishes a new snapshot; requests already running keep the old one.

@@ -37,6 +37,7 @@ pub(super) fn router(admin: Arc<Admin>) -> Router {
         .route("/admin/v1/routes", get(routes))
         .route("/admin/v1/reflect", post(reflect))
         .route("/admin/v1/reload", post(reload))
+        .route("/metrics", get(metrics))
         .fallback(unknown_path)
         .method_not_allowed_fallback(method_not_allowed)
         // Outermost last: every request is logged, refused ones included.
@@ -208,6 +209,24 @@ async fn routes(State(admin): State<Arc<Admin>>) -> Response<Body> {
             warnings: snapshot.warnings.clone(),
         },
     ))
+}
+
+/// The data plane's metrics for a Prometheus scrape.
+async fn metrics(State(admin): State<Arc<Admin>>) -> Response<Body> {
+    finish((|| {
+        let text = admin
+            .live
+            .store()
+            .metrics()
+            .encode()
+            .map_err(|e| AdminError::internal(format!("encoding the metrics: {e}")))?;
+        let mut response = Response::new(Body::from(text));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::telemetry::metrics::CONTENT_TYPE),
+        );
+        Ok(response)
+    })())
 }
 
 /// The answer to a change of one set.

@@ -389,6 +389,7 @@ pub async fn serve(
     route: Arc<Route>,
     call: StreamCall,
     streams: &super::Streams,
+    timer: &crate::telemetry::UpstreamTimer,
 ) -> Result<Response<Body>, GatewayError> {
     let backend = route.backend.clone().ok_or_else(|| {
         GatewayError::new(
@@ -423,6 +424,7 @@ pub async fn serve(
         call.deadline,
         requests,
         snapshot.config.max_response_bytes,
+        timer,
     );
     let stream = tokio::select! {
         biased;

@@ -23,6 +23,7 @@ use crate::error::{ErrorKind, GatewayError, WS_CLOSE_GOING_AWAY, WS_CLOSE_NORMAL
 use crate::middleware::{MessageGate, Pass};
 use crate::routing::RouteMatch;
 use crate::snapshot::{CallKind, Route, Snapshot};
+use crate::telemetry::{Metrics, UpstreamTimer};
 use crate::transcode::status::error_json;
 use crate::upstream::{self, Outgoing};
 
@@ -149,6 +150,7 @@ pub type Refusal = (GatewayError, Option<Arc<Route>>);
 pub fn upgrade(
     snapshot: Arc<Snapshot>,
     streams: &Streams,
+    metrics: &Metrics,
     mut request: Request<Body>,
     remote: Option<SocketAddr>,
     pass: &mut Pass,
@@ -277,6 +279,7 @@ pub fn upgrade(
         going_away: streams.going_away(),
         gate,
         deadline,
+        timer: metrics.upstream(route.method.full_name()),
         _socket: socket,
     };
     tokio::spawn(async move {
@@ -354,6 +357,7 @@ pub struct WsCall {
     gate: Option<MessageGate>,
     /// The client's deadline for the call, if it set one.
     deadline: Option<Duration>,
+    timer: UpstreamTimer,
     _socket: OpenSocket,
 }
 
@@ -395,6 +399,7 @@ where
         mut going_away,
         gate,
         deadline,
+        timer,
         _socket,
     } = call;
     let stats: &StreamStats = active.stats();
@@ -414,6 +419,7 @@ where
             deadline,
             requests,
             max_response,
+            &timer,
         );
         let opened = match until {
             Some(until) => tokio::time::timeout_at(until, open).await.unwrap_or_else(|_| {

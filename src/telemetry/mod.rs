@@ -1,4 +1,8 @@
-//! Logging set-up and process signals.
+//! Logging set-up, metrics and process signals.
+
+pub mod metrics;
+
+pub use metrics::{Metrics, Protocol, Rejection, UpstreamCall, UpstreamTimer};
 
 /// Installs the tracing subscriber; the level comes from `RUST_LOG` (default `info`).
 pub fn init() {

@@ -9,6 +9,7 @@ use tonic::transport::Channel;
 use super::backends::BackendChannel;
 use super::codec::{DynamicCodec, Outgoing};
 use crate::error::{ErrorKind, GatewayError};
+use crate::telemetry::UpstreamTimer;
 
 /// What one call sends, whichever address it goes to.
 #[derive(Debug)]
@@ -88,15 +89,23 @@ pub struct UnaryReply {
     pub trailers: MetadataMap,
 }
 
-/// Makes one unary call. The deadline is the caller's: wrap this in a timeout.
+/// Makes one unary call. The deadline is the caller's: wrap this in a timeout. Each attempt is
+/// timed on `timer` up to the trailers.
 pub async fn unary(
     backend: &BackendChannel,
     path: PathAndQuery,
     parts: CallParts,
     max_response_bytes: usize,
+    timer: &UpstreamTimer,
 ) -> Result<UnaryReply, GatewayError> {
     on_some_address(backend, parts, |channel, request| {
-        unary_on(channel, path.clone(), request, max_response_bytes)
+        let path = path.clone();
+        async move {
+            let call = timer.start();
+            let reply = unary_on(channel, path, request, max_response_bytes).await;
+            call.finish(&reply);
+            reply
+        }
     })
     .await
 }
@@ -212,14 +221,22 @@ impl std::fmt::Debug for ServerStream {
 }
 
 /// Opens a server-streaming call; the caller's timeout covers the wait for response headers.
+/// Each attempt is timed on `timer` up to the response headers.
 pub async fn server_stream(
     backend: &BackendChannel,
     path: PathAndQuery,
     parts: CallParts,
     max_response_bytes: usize,
+    timer: &UpstreamTimer,
 ) -> Result<ServerStream, GatewayError> {
     on_some_address(backend, parts, |channel, request| {
-        server_stream_on(channel, path.clone(), request, max_response_bytes)
+        let path = path.clone();
+        async move {
+            let call = timer.start();
+            let opened = server_stream_on(channel, path, request, max_response_bytes).await;
+            call.finish(&opened);
+            opened
+        }
     })
     .await
 }
@@ -249,8 +266,32 @@ async fn server_stream_on(
 
 /// Opens a client-streaming or bidi call: `requests` is pulled as the backend's HTTP/2 window
 /// allows, so a slow backend slows the reader of the client's body. A stream cannot be replayed,
-/// so there is no failover: the call goes to the backend's first live address.
+/// so there is no failover: the call goes to the backend's first live address. The call is timed
+/// on `timer` up to the response headers.
 pub async fn streaming(
+    backend: &BackendChannel,
+    path: PathAndQuery,
+    metadata: MetadataMap,
+    timeout: Option<std::time::Duration>,
+    requests: futures_util::stream::BoxStream<'static, Outgoing>,
+    max_response_bytes: usize,
+    timer: &UpstreamTimer,
+) -> Result<ServerStream, GatewayError> {
+    let call = timer.start();
+    let opened = streaming_on(
+        backend,
+        path,
+        metadata,
+        timeout,
+        requests,
+        max_response_bytes,
+    )
+    .await;
+    call.finish(&opened);
+    opened
+}
+
+async fn streaming_on(
     backend: &BackendChannel,
     path: PathAndQuery,
     metadata: MetadataMap,

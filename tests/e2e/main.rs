@@ -17,6 +17,7 @@ mod xml;
 mod admin;
 mod cli;
 mod descriptors;
+mod metrics;
 mod raw_backend;
 mod shutdown;
 mod streaming;

@@ -1,5 +1,7 @@
 //! Calls to a backend over a shared channel.
 
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use tonic::client::Grpc;
@@ -265,8 +267,8 @@ async fn server_stream_on(
 }
 
 /// Opens a client-streaming or bidi call: `requests` is pulled as the backend's HTTP/2 window
-/// allows, so a slow backend slows the reader of the client's body. A stream cannot be replayed,
-/// so there is no failover: the call goes to the backend's first live address. The call is timed
+/// allows, so a slow backend slows the reader of the client's body. A refused connection fails
+/// over to the next address, since no message has left yet. The call is timed
 /// on `timer` up to the response headers.
 pub async fn streaming(
     backend: &BackendChannel,
@@ -299,23 +301,46 @@ async fn streaming_on(
     requests: futures_util::stream::BoxStream<'static, Outgoing>,
     max_response_bytes: usize,
 ) -> Result<ServerStream, GatewayError> {
-    let Some((_, channel)) = backend.candidates().next() else {
-        return Err(GatewayError::new(
-            ErrorKind::Unavailable,
-            "backend has no address",
-        ));
-    };
-    let mut grpc = Grpc::new(channel.clone()).max_decoding_message_size(max_response_bytes);
+    // The request stream cannot be replayed, but until an attempt first polls it nothing has
+    // been sent: a refused connection hands it back for the next address.
+    let slot = Arc::new(Mutex::new(Some(requests)));
+    let mut last = None;
+    for (i, channel) in backend.candidates() {
+        let attempt = HandOff {
+            slot: slot.clone(),
+            taken: None,
+        };
+        let mut request =
+            tonic::Request::from_parts(metadata.clone(), Default::default(), attempt);
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        let opened = open_streaming(channel.clone(), path.clone(), request, max_response_bytes)
+            .await;
+        match opened {
+            Err(err) if err.is_connect_failure() && slot_full(&slot) => {
+                backend.mark_down(i);
+                last = Some(err);
+            }
+            other => return other,
+        }
+    }
+    Err(last.unwrap_or_else(|| GatewayError::new(ErrorKind::Unavailable, "backend has no address")))
+}
+
+async fn open_streaming(
+    channel: Channel,
+    path: PathAndQuery,
+    request: tonic::Request<HandOff>,
+    max_response_bytes: usize,
+) -> Result<ServerStream, GatewayError> {
+    let mut grpc = Grpc::new(channel).max_decoding_message_size(max_response_bytes);
     grpc.ready().await.map_err(|err| {
         GatewayError::new(
             ErrorKind::Unavailable,
             format!("backend unavailable: {err}"),
         )
     })?;
-    let mut request = tonic::Request::from_parts(metadata, Default::default(), requests);
-    if let Some(timeout) = timeout {
-        request.set_timeout(timeout);
-    }
     let response = grpc
         .streaming(request, path, DynamicCodec)
         .await
@@ -325,6 +350,41 @@ async fn streaming_on(
         headers,
         messages: Box::pin(messages(stream)),
     })
+}
+
+type Requests = futures_util::stream::BoxStream<'static, Outgoing>;
+
+fn slot_full(slot: &Mutex<Option<Requests>>) -> bool {
+    slot.lock().map(|s| s.is_some()).unwrap_or(false)
+}
+
+/// A request stream one attempt may take: it moves out of the shared slot on the first poll, so
+/// an attempt that never polled leaves it for the next.
+struct HandOff {
+    slot: Arc<Mutex<Option<Requests>>>,
+    taken: Option<Requests>,
+}
+
+impl futures_util::Stream for HandOff {
+    type Item = Outgoing;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Outgoing>> {
+        if self.taken.is_none() {
+            let taken = self.slot.lock().ok().and_then(|mut s| s.take());
+            match taken {
+                Some(stream) => self.taken = Some(stream),
+                // Another attempt has it: this one has nothing to send.
+                None => return std::task::Poll::Ready(None),
+            }
+        }
+        match self.taken.as_mut() {
+            Some(stream) => stream.as_mut().poll_next(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
 }
 
 /// The messages of a response stream; dropping it resets the HTTP/2 stream (the backend sees a

@@ -78,3 +78,49 @@ async fn an_address_that_is_down_is_avoided() {
     assert_eq!(ok, 10, "the live address should serve every call");
     assert_eq!(stats.calls.load(Ordering::Relaxed), 10);
 }
+
+#[tokio::test]
+async fn streaming_calls_fail_over_from_an_address_that_is_down() {
+    let registry = test_registry();
+    let (_stop, stopped) = watch::channel(());
+    let (up, stats) = demo::start_mirror(registry.pool().clone(), stopped)
+        .await
+        .expect("mirror");
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let toml = format!(
+        r#"
+        default_backend = "pair"
+        [backends.pair]
+        addresses = ["http://{down}", "http://{up}"]
+        connect_timeout = "500ms"
+        "#
+    );
+    let config = Config::from_toml(&toml, Path::new(".")).expect("config");
+    let gw = Gateway::with(config, registry).await;
+    // Round-robin starts each call at the next address, so some of these try the dead one
+    // first; the messages must still all arrive, in order, at the live one.
+    for i in 0..6 {
+        let body = format!("{{\"messageId\":\"{i}a\"}}\n{{\"messageId\":\"{i}b\"}}\n");
+        let resp = tokio::time::timeout(
+            Duration::from_secs(10),
+            gw.client
+                .post(gw.url("/v1/chat"))
+                .header("grpc-metadata-x-mirror-repeat", "1")
+                .body(body)
+                .send(),
+        )
+        .await
+        .expect("no hang")
+        .expect("chat");
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.expect("body");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "call {i}: {text}");
+        assert!(lines[0].contains(&format!("\"{i}a\"")), "call {i}: {text}");
+        assert!(lines[1].contains(&format!("\"{i}b\"")), "call {i}: {text}");
+    }
+    assert_eq!(stats.calls.load(Ordering::Relaxed), 6);
+}

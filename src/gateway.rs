@@ -160,6 +160,10 @@ async fn call(
     snapshot
         .edge
         .admit(pass, route, &mut parts.headers, parts.uri.query(), None)?;
+    // A key or token in the query is the edge's, never a field of the message.
+    if let Some(uri) = snapshot.edge.without_credentials(&parts.uri) {
+        parts.uri = uri;
+    }
     let timeout = deadline(&parts.headers, route.timeout)?;
     // Streams may outlive the route's timeout, which bounds only the wait for their headers;
     // a deadline the client sets bounds the whole stream.

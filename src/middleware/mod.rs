@@ -334,6 +334,32 @@ impl Edge {
         })
     }
 
+    /// The URI without the credential query parameters (`api_key`, `access_token`), or None
+    /// when it has none: they must not bind into a message that happens to have such a field.
+    pub fn without_credentials(&self, uri: &http::Uri) -> Option<http::Uri> {
+        let query = uri.query()?;
+        let names: Vec<&str> = self.auth.settings().credential_params().collect();
+        let is_credential = |pair: &&str| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            names.contains(&key)
+        };
+        if !query.split('&').any(|pair| is_credential(&pair)) {
+            return None;
+        }
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| !pair.is_empty() && !is_credential(pair))
+            .collect();
+        let path_and_query = if kept.is_empty() {
+            uri.path().to_owned()
+        } else {
+            format!("{}?{}", uri.path(), kept.join("&"))
+        };
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = path_and_query.parse().ok();
+        http::Uri::from_parts(parts).ok()
+    }
+
     /// Completes the backend's metadata: the caller's forwarded facts (anything the client
     /// sent under those keys removed first) and the request id.
     pub fn forward(&self, pass: &Pass, md: &mut MetadataMap) {

@@ -183,12 +183,17 @@ pub fn upgrade(
                 None,
             )
         })?;
+    let credential_params: Vec<&str> = snapshot.edge.auth().settings().credential_params().collect();
     let query: Vec<(String, String)> = request
         .uri()
         .query()
         .map(|q| {
             url_pairs(q)
-                .filter(|(k, _)| k != "method" && metadata_param(k).is_none())
+                .filter(|(k, _)| {
+                    k != "method"
+                        && metadata_param(k).is_none()
+                        && !credential_params.iter().any(|c| c == k)
+                })
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
@@ -236,7 +241,9 @@ pub fn upgrade(
         remote,
         &snapshot.config.forward_headers,
     );
-    if let Some(token) = &shake.token {
+    // The handshake token goes on as a bearer credential, unless it was one of our API keys.
+    let by_key = pass.principal.as_ref().is_some_and(|p| p.api_key().is_some());
+    if let (Some(token), false) = (&shake.token, by_key) {
         if let Ok(value) = format!("Bearer {token}").parse() {
             metadata.insert("authorization", value);
         }

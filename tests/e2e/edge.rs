@@ -621,3 +621,41 @@ async fn browsers_pass_metadata_in_the_websocket_url() {
     assert_eq!(error["code"], 5, "{error}");
     assert_eq!(error["message"], "from-the-url", "{error}");
 }
+
+#[tokio::test]
+async fn a_credential_in_the_query_never_binds_into_the_message() {
+    // The key's parameter is named like a field of the message on purpose.
+    let gw = Gateway::mirror(
+        &config(
+            r#"
+            [policies."test.v1.Echo"]
+            auth = "api_key"
+            "#,
+        )
+        .replace("[auth]\n", "[auth]\n        api_key_query = \"text\"\n"),
+    )
+    .await;
+    let ok = get(&gw, &format!("/v1/messages/1?text={KEY}&name=n"), &[]).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["text"], "", "{}", ok.text());
+    assert_eq!(ok.json()["name"], "n");
+    // A WebSocket keeps it out of the message too, and does not pass it on as a bearer token.
+    let mut socket = ws_open(
+        &gw,
+        &format!("/v1/ws/chat?text={KEY}"),
+        &[("grpc-metadata-x-mirror-repeat", "1")],
+    )
+    .await
+    .expect("socket");
+    socket.send(Message::text("{}")).await.expect("send");
+    let frame = loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                break serde_json::from_str::<Value>(text.as_str()).expect("json")
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no answer: {other:?}"),
+        }
+    };
+    assert_eq!(frame["result"]["text"], "", "{frame}");
+}

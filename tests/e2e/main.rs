@@ -18,6 +18,7 @@ mod admin;
 mod cli;
 mod descriptors;
 mod raw_backend;
+mod server_limits;
 mod shutdown;
 mod streaming;
 mod upstream;

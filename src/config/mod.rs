@@ -2,6 +2,7 @@
 //! typed [`Config`] with every error reported at once.
 
 mod raw;
+mod server;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -17,6 +18,7 @@ use crate::routing::UnescapeMode;
 use crate::transcode::bind::{BindOptions, UnknownQuery};
 use crate::transcode::JsonOptions;
 use raw::{RawConfig, RawHttpRule, RawJson};
+pub use server::ServerConfig;
 
 /// The address the gateway listens on when neither the config nor `--listen` says.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -204,6 +206,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// The admin API.
     pub admin: AdminConfig,
+    /// The public listener's limits, health endpoints and compression (`[server]`).
+    pub server: ServerConfig,
     /// Backends whose services are registered at startup through gRPC server reflection
     /// (`reflect = true`).
     pub reflect_backends: Vec<BackendName>,
@@ -559,6 +563,8 @@ impl Config {
             ),
         };
 
+        let server = ServerConfig::from_raw(&raw.server, &mut problems);
+
         if !problems.is_empty() {
             return Err(ConfigError {
                 file: None,
@@ -588,6 +594,7 @@ impl Config {
             http_rules,
             websocket,
             admin,
+            server,
             reflect_backends,
             edge,
         })

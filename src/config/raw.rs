@@ -50,6 +50,22 @@ pub(crate) struct RawConfig {
     pub trusted_proxies: Vec<String>,
     pub forwarded_header: Option<String>,
     pub max_rate_limit_keys: Option<u64>,
+    #[serde(default)]
+    pub server: RawServer,
+}
+
+/// `[server]`: the public listener's limits, health endpoints and compression.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub max_connections: Option<u64>,
+    pub header_read_timeout: Option<String>,
+    pub max_header_bytes: Option<u64>,
+    pub http2_max_concurrent_streams: Option<u64>,
+    pub compression: Option<bool>,
+    pub compression_min_bytes: Option<u64>,
+    pub health_path: Option<String>,
+    pub ready_path: Option<String>,
 }
 
 /// `[websocket]`.

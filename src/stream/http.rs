@@ -139,6 +139,11 @@ impl std::fmt::Debug for Renderer {
     }
 }
 
+/// Marks a response whose body is a live stream of messages, so layers that buffer (compression)
+/// leave it alone and each message still reaches the client when it is written.
+#[derive(Debug, Clone, Copy)]
+pub struct Streamed;
+
 /// A stream of backend messages as an HTTP response in `framing`: response metadata as headers,
 /// each message flushed as it arrives, the final status in the body. The body pulls one message
 /// at a time, so a client that stops reading stops the backend through flow control; dropping
@@ -165,6 +170,7 @@ pub fn streamed_response(
         );
     }
     response.headers_mut().extend(headers);
+    response.extensions_mut().insert(Streamed);
     response
 }
 

@@ -15,8 +15,7 @@ use tokio::sync::watch;
 pub use framing::{Framing, ARRAY_MEDIA_TYPE};
 pub use http::{
     client_stream_response, raw_stream_response, renderer, request_messages, serve,
-    streamed_response, Binding,
-    Renderer, RequestAbort, StreamCall, SSE_HEARTBEAT,
+    streamed_response, Binding, Renderer, RequestAbort, StreamCall, Streamed, SSE_HEARTBEAT,
 };
 pub use split::{JsonSplitter, SplitError};
 

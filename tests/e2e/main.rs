@@ -19,6 +19,7 @@ mod cli;
 mod descriptors;
 mod metrics;
 mod raw_backend;
+mod server_limits;
 mod shutdown;
 mod streaming;
 mod upstream;

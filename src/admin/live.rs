@@ -306,6 +306,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     if old.shutdown_grace != new.shutdown_grace {
         out.push("shutdown_grace".to_owned());
     }
+    if old.server != new.server {
+        out.push("server".to_owned());
+    }
     out
 }
 

@@ -46,7 +46,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let config = store.load().config.server.clone();
     let builder = Arc::new(connection_builder(&config));
-    let edge = Arc::new(Edge {
+    let front = Arc::new(Front {
         health: Health::new(&config),
         max_header_bytes: config.max_header_bytes,
         store: store.clone(),
@@ -76,11 +76,11 @@ pub async fn run(
             tokio::spawn(refuse(tcp, store.clone()));
             continue;
         };
-        let edge = edge.clone();
+        let front = front.clone();
         let service = ServiceBuilder::new().layer(compression.clone()).service_fn(
             move |request: Request<Incoming>| {
-                let edge = edge.clone();
-                async move { Ok::<_, Infallible>(edge.serve(request, remote).await) }
+                let front = front.clone();
+                async move { Ok::<_, Infallible>(front.serve(request, remote).await) }
             },
         );
         let builder = builder.clone();
@@ -152,13 +152,13 @@ async fn pause_after_accept_error(e: std::io::Error) {
 
 /// What every request of the listener passes before the gateway.
 #[derive(Debug)]
-struct Edge {
+struct Front {
     store: Arc<SnapshotStore>,
     health: Health,
     max_header_bytes: usize,
 }
 
-impl Edge {
+impl Front {
     /// Header limit, then health endpoints, then the gateway.
     async fn serve(&self, request: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         let size = header_bytes(request.headers());
@@ -170,6 +170,9 @@ impl Edge {
                 status = 431,
                 header_bytes = size,
             );
+            self.store
+                .metrics()
+                .reject(crate::telemetry::Rejection::HeadersTooLarge);
             return self.headers_too_large(size);
         }
         if let Some(response) = self.health.answer(&self.store, &request).await {
@@ -207,6 +210,9 @@ fn header_bytes(headers: &HeaderMap) -> usize {
 /// The response is written as HTTP/1.1 before the request is read; an HTTP/2 client sees the
 /// connection close instead.
 async fn refuse(mut tcp: TcpStream, store: Arc<SnapshotStore>) {
+    store
+        .metrics()
+        .reject(crate::telemetry::Rejection::TooManyConnections);
     let snapshot = store.load();
     let err = GatewayError::new(
         ErrorKind::Unavailable,

@@ -90,11 +90,14 @@ fn signing_key(value: serde_json::Value) -> Result<Option<KeySpec>, String> {
         }
         None => family.algorithms().to_vec(),
     };
-    Ok(Some(KeySpec {
+    let spec = KeySpec {
         kid: jwk.common.key_id.clone(),
         algorithms,
         material: KeyMaterial::Jwk(Box::new(jwk)),
-    }))
+    };
+    // The same checks a configured key passes (family, Ed25519 length).
+    spec.decoding_key().map_err(|e| e.to_string())?;
+    Ok(Some(spec))
 }
 
 /// The plain-HTTP client JWKS fetches go through.
@@ -177,7 +180,10 @@ mod tests {
         let mut unknown_alg = serde_json::to_value(jwk(TestKey::Rsa, Some("x"))).unwrap();
         unknown_alg["alg"] = json!("RSA-OAEP");
         let broken = json!({"kty": "RSA", "kid": "broken", "n": 5});
-        let odd = json!({"keys": [encryption, confused, unknown_alg, broken, {"kty": "weird"}]});
+        let short_ed = json!({"kty": "OKP", "crv": "Ed25519", "kid": "short", "x": "AAAA"});
+        let odd = json!({"keys": [
+            encryption, confused, unknown_alg, broken, short_ed, {"kty": "weird"}
+        ]});
         assert!(matches!(
             parse(odd.to_string().as_bytes()),
             Err(JwksError::NoUsableKey)

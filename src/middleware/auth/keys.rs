@@ -16,6 +16,8 @@ pub(crate) enum KeyError {
     Jwk(String),
     #[error("the key does not fit its algorithms")]
     Family,
+    #[error("an Ed25519 public key is 32 bytes")]
+    Ed25519Length,
 }
 
 /// Key bytes as written, kept raw so that settings compare by value on a reload.
@@ -67,6 +69,13 @@ impl KeySpec {
         };
         if Some(key.family()) != self.family() {
             return Err(KeyError::Family);
+        }
+        // The crate slices an Ed25519 key to 32 bytes when verifying, and would panic on a
+        // shorter one; such a key is refused here, before any token reaches it.
+        if key.family() == AlgorithmFamily::Ed
+            && !matches!(key.try_get_as_bytes(), Ok(bytes) if bytes.len() == 32)
+        {
+            return Err(KeyError::Ed25519Length);
         }
         Ok(key)
     }
@@ -155,6 +164,36 @@ mod tests {
         assert!(rsa_as_ec.decoding_key().is_err());
         let garbage = spec(Algorithm::RS256, KeyMaterial::Pem(b"not a pem".to_vec()));
         assert!(garbage.decoding_key().is_err());
+    }
+
+    #[test]
+    fn short_ed25519_keys_are_refused() {
+        use jsonwebtoken::jwk::{
+            AlgorithmParameters, CommonParameters, EllipticCurve, OctetKeyPairParameters,
+            OctetKeyPairType,
+        };
+        let short = |x: &str| Jwk {
+            common: CommonParameters::default(),
+            algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                key_type: OctetKeyPairType::OctetKeyPair,
+                curve: EllipticCurve::Ed25519,
+                x: x.to_owned(),
+            }),
+        };
+        for x in ["", "AAAA", &"A".repeat(42)] {
+            let spec = spec(Algorithm::EdDSA, KeyMaterial::Jwk(Box::new(short(x))));
+            assert_eq!(
+                spec.decoding_key().unwrap_err(),
+                KeyError::Ed25519Length,
+                "{x:?}"
+            );
+        }
+        // 43 base64url characters: exactly 32 bytes.
+        let right = spec(
+            Algorithm::EdDSA,
+            KeyMaterial::Jwk(Box::new(short(&"A".repeat(43)))),
+        );
+        assert!(right.decoding_key().is_ok());
     }
 
     #[test]

@@ -18,6 +18,10 @@ use super::keys::{KeyMaterial, KeySpec};
 /// The largest JWKS body accepted; real ones are a few KiB.
 pub(crate) const MAX_JWKS_BYTES: usize = 1 << 20;
 
+/// The most keys taken from one set: a token without `kid` is tried against each key of its
+/// algorithm, so a bloated set must not multiply the cost of a forged token.
+pub(crate) const MAX_JWKS_KEYS: usize = 64;
+
 /// How long one fetch (connect, headers and body) may take.
 pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -57,6 +61,9 @@ pub(crate) fn parse(body: &[u8]) -> Result<Vec<KeySpec>, JwksError> {
     let mut keys = Vec::with_capacity(doc.keys.len());
     for (index, value) in doc.keys.into_iter().enumerate() {
         match signing_key(value) {
+            Ok(Some(_)) if keys.len() == MAX_JWKS_KEYS => {
+                tracing::warn!(index, "JWKS key skipped: more than {MAX_JWKS_KEYS} keys");
+            }
             Ok(Some(key)) => keys.push(key),
             Ok(None) => {}
             Err(reason) => tracing::warn!(index, reason, "JWKS key skipped"),
@@ -145,7 +152,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::middleware::auth::testkit::{jwk, JwksServer, TestKey};
+    use crate::middleware::auth::testkit::{jwk, jwks, JwksServer, TestKey};
 
     #[test]
     fn a_set_keeps_signing_keys_with_their_algorithms() {
@@ -193,6 +200,16 @@ mod tests {
         let keys = parse(mixed.to_string().as_bytes()).unwrap();
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].kid.as_deref(), Some("ok"));
+    }
+
+    #[test]
+    fn a_bloated_set_is_cut_short() {
+        let keys: Vec<_> = (0..MAX_JWKS_KEYS + 5)
+            .map(|i| jwk(TestKey::Ed, Some(&format!("k{i}"))))
+            .collect();
+        let parsed = parse(jwks(&keys).as_bytes()).unwrap();
+        assert_eq!(parsed.len(), MAX_JWKS_KEYS);
+        assert_eq!(parsed[0].kid.as_deref(), Some("k0"));
     }
 
     fn broken_rsa() -> serde_json::Value {

@@ -33,6 +33,7 @@ const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
 const SEQUENCE: u8 = 0x30;
 const OBJECT_ID: u8 = 0x06;
 const BIT_STRING: u8 = 0x03;
+const INTEGER: u8 = 0x02;
 
 /// The first PEM block of `text`: its label and decoded bytes.
 pub(crate) fn block(text: &[u8]) -> Result<(String, Vec<u8>), PemError> {
@@ -70,12 +71,36 @@ pub(crate) fn public_key(text: &[u8], family: AlgorithmFamily) -> Result<Decodin
             wanted: name(family),
         });
     }
+    check_shape(found, key)?;
     Ok(match found {
         AlgorithmFamily::Rsa => DecodingKey::from_rsa_der(key),
         AlgorithmFamily::Ec => DecodingKey::from_ec_der(key),
         AlgorithmFamily::Ed => DecodingKey::from_ed_der(key),
         AlgorithmFamily::Hmac => return Err(PemError::Der),
     })
+}
+
+/// The key bytes have the form their family needs, so a broken key is refused with the config
+/// instead of failing every token later.
+fn check_shape(family: AlgorithmFamily, key: &[u8]) -> Result<(), PemError> {
+    let fits = match family {
+        // PKCS#1 RSAPublicKey: SEQUENCE { INTEGER modulus, INTEGER exponent }.
+        AlgorithmFamily::Rsa => {
+            let (seq, _) = element(key, SEQUENCE)?;
+            let (modulus, rest) = element(seq, INTEGER)?;
+            let (exponent, rest) = element(rest, INTEGER)?;
+            !modulus.is_empty() && !exponent.is_empty() && rest.is_empty()
+        }
+        // An uncompressed P-256 point: 0x04, then 32 bytes each of x and y.
+        AlgorithmFamily::Ec => key.len() == 65 && key[0] == 0x04,
+        AlgorithmFamily::Ed => key.len() == 32,
+        AlgorithmFamily::Hmac => false,
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(PemError::Der)
+    }
 }
 
 fn name(family: AlgorithmFamily) -> &'static str {
@@ -204,6 +229,73 @@ mod tests {
             public_key(&private, AlgorithmFamily::Ec).unwrap_err(),
             PemError::NotPublic("PRIVATE KEY".into())
         );
+    }
+
+    /// A SubjectPublicKeyInfo around `key`, for lengths under 128 bytes.
+    fn spki(algorithm: &[u8], key: &[u8]) -> Vec<u8> {
+        let mut alg = vec![SEQUENCE, algorithm.len() as u8];
+        alg.extend_from_slice(algorithm);
+        let mut bits = vec![BIT_STRING, key.len() as u8 + 1, 0];
+        bits.extend_from_slice(key);
+        let mut out = vec![SEQUENCE, (alg.len() + bits.len()) as u8];
+        out.extend(alg);
+        out.extend(bits);
+        out
+    }
+
+    fn pem_of(der: &[u8]) -> Vec<u8> {
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        format!("-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n").into_bytes()
+    }
+
+    #[test]
+    fn keys_of_the_wrong_shape_are_refused() {
+        let mut rsa = vec![OBJECT_ID, RSA_ENCRYPTION.len() as u8];
+        rsa.extend_from_slice(RSA_ENCRYPTION);
+        rsa.extend_from_slice(&[0x05, 0x00]);
+        let mut ec = vec![OBJECT_ID, EC_PUBLIC_KEY.len() as u8];
+        ec.extend_from_slice(EC_PUBLIC_KEY);
+        ec.extend_from_slice(&[OBJECT_ID, P256.len() as u8]);
+        ec.extend_from_slice(P256);
+        let mut ed = vec![OBJECT_ID, ED25519.len() as u8];
+        ed.extend_from_slice(ED25519);
+
+        let mut point = vec![0x04];
+        point.extend([7; 64]);
+        let good = [
+            (
+                &rsa,
+                vec![SEQUENCE, 6, INTEGER, 1, 9, INTEGER, 1, 3],
+                AlgorithmFamily::Rsa,
+            ),
+            (&ec, point.clone(), AlgorithmFamily::Ec),
+            (&ed, vec![1; 32], AlgorithmFamily::Ed),
+        ];
+        for (alg, key, family) in &good {
+            assert!(
+                public_key(&pem_of(&spki(alg, key)), *family).is_ok(),
+                "{family:?}"
+            );
+        }
+        let bad = [
+            (&rsa, vec![1, 2, 3], AlgorithmFamily::Rsa),
+            (&rsa, vec![SEQUENCE, 3, INTEGER, 1, 9], AlgorithmFamily::Rsa),
+            (&ec, point[..64].to_vec(), AlgorithmFamily::Ec),
+            (
+                &ec,
+                [&[0x02][..], &point[1..]].concat(),
+                AlgorithmFamily::Ec,
+            ),
+            (&ed, vec![1; 31], AlgorithmFamily::Ed),
+            (&ed, vec![1; 33], AlgorithmFamily::Ed),
+        ];
+        for (alg, key, family) in &bad {
+            assert_eq!(
+                public_key(&pem_of(&spki(alg, key)), *family).unwrap_err(),
+                PemError::Der,
+                "{family:?} {key:?}"
+            );
+        }
     }
 
     #[test]

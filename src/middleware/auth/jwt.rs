@@ -992,7 +992,8 @@ mod tests {
         rounds(&v, 3).await;
         let mut rx = v.rounds();
         drop(v);
-        // The task held the only other sender handle: once aborted, the channel closes.
+        // The task holds the only other reference to the shared state, the sender included:
+        // once it is aborted, the channel closes. A task still running keeps it open forever.
         tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|_| false))
             .await
             .expect("the refresh task ends")

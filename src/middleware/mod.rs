@@ -1,0 +1,6 @@
+//! Edge middleware: the policies a request meets before it is routed to a backend.
+//!
+//! Each module here is a pure building block over `http` types, built once from config and shared
+//! by every request; the request path wires them in order.
+
+pub mod normalize;

@@ -4,3 +4,4 @@
 //! by every request; the request path wires them in order.
 
 pub mod normalize;
+pub mod request_id;

@@ -4,6 +4,7 @@
 //! by every request; the request path wires them in order.
 
 pub mod client_ip;
+pub mod cors;
 pub mod header_rules;
 pub mod normalize;
 pub mod request_id;

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use http::header::FORWARDED;
 use http::{HeaderMap, HeaderName};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 
 /// `X-Forwarded-For`, the de facto header most proxies append to.
@@ -26,27 +26,30 @@ pub(crate) struct RawIpRules {
 /// A list of networks, IPv4-mapped IPv6 ones stored as IPv4 so both spellings match alike.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Networks {
-    v4: Vec<Ipv4Net>,
-    v6: Vec<Ipv6Net>,
+    v4: PrefixSet<u32>,
+    v6: PrefixSet<u128>,
 }
 
 impl Networks {
     fn parse(list: &[String], key: &str, problems: &mut Vec<String>) -> Networks {
-        let mut nets = Networks::default();
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for text in list {
             let net = IpNet::from_str(text)
                 .or_else(|_| IpAddr::from_str(text).map(IpNet::from))
-                .map(|net| canonical_net(net.trunc()));
+                .map(canonical_net);
             match net {
-                Ok(IpNet::V4(net)) => nets.v4.push(net),
-                Ok(IpNet::V6(net)) => nets.v6.push(net),
+                Ok(IpNet::V4(net)) => v4.push((net.prefix_len(), net.addr().to_bits())),
+                Ok(IpNet::V6(net)) => v6.push((net.prefix_len(), net.addr().to_bits())),
                 Err(_) => problems.push(format!(
                     "{key}: {text:?} is not an IP address or network such as 10.0.0.0/8 or \
                      2001:db8::/32"
                 )),
             }
         }
-        nets
+        Networks {
+            v4: PrefixSet::new(v4),
+            v6: PrefixSet::new(v6),
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -56,9 +59,79 @@ impl Networks {
     /// `ip` must already be canonical (see [`IpAddr::to_canonical`]).
     fn contains(&self, ip: IpAddr) -> bool {
         match ip {
-            IpAddr::V4(ip) => self.v4.iter().any(|net| net.contains(&ip)),
-            IpAddr::V6(ip) => self.v6.iter().any(|net| net.contains(&ip)),
+            IpAddr::V4(ip) => self.v4.contains(ip.to_bits()),
+            IpAddr::V6(ip) => self.v6.contains(ip.to_bits()),
         }
+    }
+}
+
+/// An address as an unsigned integer, so a network is its masked bits.
+trait AddressBits: Copy + Ord {
+    const WIDTH: u8;
+    /// Keeps the first `len` bits (`len <= WIDTH`).
+    fn prefix(self, len: u8) -> Self;
+}
+
+impl AddressBits for u32 {
+    const WIDTH: u8 = 32;
+    fn prefix(self, len: u8) -> u32 {
+        match len {
+            0 => 0,
+            len => self & (u32::MAX << (Self::WIDTH - len)),
+        }
+    }
+}
+
+impl AddressBits for u128 {
+    const WIDTH: u8 = 128;
+    fn prefix(self, len: u8) -> u128 {
+        match len {
+            0 => 0,
+            len => self & (u128::MAX << (Self::WIDTH - len)),
+        }
+    }
+}
+
+/// Networks grouped by prefix length, each group sorted: a lookup costs one binary search per
+/// distinct length (at most 33 or 129), so long block lists stay cheap per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PrefixSet<T> {
+    by_len: Vec<(u8, Vec<T>)>,
+}
+
+impl<T> Default for PrefixSet<T> {
+    fn default() -> Self {
+        PrefixSet { by_len: Vec::new() }
+    }
+}
+
+impl<T: AddressBits> PrefixSet<T> {
+    /// The set of `addr/len` networks; host bits set in `addr` are ignored.
+    fn new(mut nets: Vec<(u8, T)>) -> PrefixSet<T> {
+        for (len, addr) in &mut nets {
+            *len = (*len).min(T::WIDTH);
+            *addr = addr.prefix(*len);
+        }
+        nets.sort_unstable();
+        nets.dedup();
+        let mut by_len: Vec<(u8, Vec<T>)> = Vec::new();
+        for (len, addr) in nets {
+            match by_len.last_mut() {
+                Some((last, group)) if *last == len => group.push(addr),
+                _ => by_len.push((len, vec![addr])),
+            }
+        }
+        PrefixSet { by_len }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_len.is_empty()
+    }
+
+    fn contains(&self, addr: T) -> bool {
+        self.by_len
+            .iter()
+            .any(|(len, nets)| nets.binary_search(&addr.prefix(*len)).is_ok())
     }
 }
 
@@ -330,6 +403,70 @@ mod tests {
         );
         assert!(rules.permits(ip("10.0.0.1")));
         assert!(!rules.permits(ip("10.0.0.3")));
+    }
+
+    #[test]
+    fn long_lists_agree_with_a_plain_scan() {
+        // A fixed pseudo-random sequence, so a failure reproduces.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut texts = Vec::new();
+        for _ in 0..2_000 {
+            let bits = next();
+            // Mostly narrow networks, in a small part of the space so that probes hit some.
+            let addr = std::net::Ipv4Addr::from_bits(0x0a00_0000 | (bits as u32 & 0x00ff_ffff));
+            let v6 = std::net::Ipv6Addr::from_bits(
+                (0x2001_0db8_u128 << 96) | u128::from(bits >> 40) << 64,
+            );
+            texts.push(format!("{addr}/{}", 8 + bits % 25));
+            texts.push(format!("{v6}/{}", 32 + (bits >> 8) % 97));
+        }
+        let nets: Vec<IpNet> = texts.iter().map(|t| t.parse().unwrap()).collect();
+        let mut problems = Vec::new();
+        let set = Networks::parse(&texts, "k", &mut problems);
+        assert!(problems.is_empty());
+        let (mut hits, mut misses) = (0, 0);
+        for _ in 0..5_000 {
+            let bits = next();
+            for probe in [
+                IpAddr::from(std::net::Ipv4Addr::from_bits(
+                    0x0a00_0000 | (bits as u32 & 0x00ff_ffff),
+                )),
+                IpAddr::from(std::net::Ipv4Addr::from_bits(bits as u32)),
+                IpAddr::from(std::net::Ipv6Addr::from_bits(
+                    (0x2001_0db8_u128 << 96) | u128::from(bits >> 16) << 48,
+                )),
+            ] {
+                let want = nets.iter().any(|net| net.contains(&probe));
+                assert_eq!(set.contains(probe), want, "{probe}");
+                if want {
+                    hits += 1;
+                } else {
+                    misses += 1;
+                }
+            }
+        }
+        assert!(hits > 300 && misses > 300, "{hits} hits, {misses} misses");
+    }
+
+    #[test]
+    fn prefix_lengths_at_the_edges() {
+        let any4 = ip_rules(&["0.0.0.0/0"], &[]);
+        assert!(any4.permits(ip("255.255.255.255")));
+        assert!(!any4.permits(ip("::2")));
+        let any6 = ip_rules(&["::/0"], &[]);
+        assert!(any6.permits(ip("ffff::1")));
+        assert!(!any6.permits(ip("1.2.3.4")));
+        let host = ip_rules(&["2001:db8::1/128", "1.2.3.4/32"], &[]);
+        assert!(host.permits(ip("2001:db8::1")));
+        assert!(!host.permits(ip("2001:db8::2")));
+        assert!(host.permits(ip("1.2.3.4")));
+        assert!(!host.permits(ip("1.2.3.5")));
     }
 
     fn proxies(list: &[&str], header: Option<&str>) -> TrustedProxies {

@@ -1,6 +1,6 @@
 //! Header rules: headers removed, set or added on a request or a response, checked at load time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -30,10 +30,11 @@ pub struct HeaderRules {
 }
 
 /// Headers that frame or route the message: changing them would corrupt it, not adjust it.
-const MANAGED: [HeaderName; 7] = [
+const MANAGED: [HeaderName; 8] = [
     CONNECTION,
     CONTENT_LENGTH,
     HOST,
+    HeaderName::from_static("keep-alive"),
     TE,
     TRAILER,
     TRANSFER_ENCODING,
@@ -55,7 +56,7 @@ impl HeaderRules {
         key: &str,
         problems: &mut Vec<String>,
     ) -> HeaderRules {
-        let mut seen = std::collections::HashMap::new();
+        let mut seen = HashMap::new();
         let mut name = |table: &str, text: &str, problems: &mut Vec<String>| {
             let name = match HeaderName::from_bytes(text.as_bytes()) {
                 Ok(name) => name,
@@ -64,7 +65,7 @@ impl HeaderRules {
                     return None;
                 }
             };
-            if MANAGED.contains(&name) || name.as_str() == "keep-alive" {
+            if MANAGED.contains(&name) {
                 problems.push(format!(
                     "{key}.{table}: {text:?} is managed by the gateway and cannot be changed"
                 ));

@@ -32,9 +32,18 @@ fn is_sane(id: &HeaderValue) -> bool {
 
 /// A fresh id such as `0b6e3c1a-93d2-4f0e-8a4b-5c2d1e7f9a03`.
 pub fn new_id() -> HeaderValue {
-    let bits = next_random();
-    // Version 4 in the high nibble of byte 6, variant 10 in the top bits of byte 8.
-    let bits = (bits & !(0xf << 76) & !(0b11 << 62)) | (0x4 << 76) | (0b10 << 62);
+    let (unique, random) = next_random();
+    format_id(unique, random)
+}
+
+/// Lays two random halves out as a UUIDv4 string.
+fn format_id(unique: u64, random: u64) -> HeaderValue {
+    // A UUID has 122 free bits around the version (bits 76..80, value 4) and the variant (bits
+    // 62..64, value 0b10). All 64 bits of `unique` are kept, so ids within a thread never repeat:
+    // its top 60 fill the bits above the variant, its low 4 and 58 bits of `random` the rest.
+    let above = u128::from(unique >> 4);
+    let below = (u128::from(unique & 0xf) << 58) | u128::from(random >> 6);
+    let bits = ((above >> 12) << 80) | (0x4 << 76) | ((above & 0xfff) << 64) | (0b10 << 62) | below;
     let mut text = [0u8; 36];
     let mut at = 0;
     for (i, byte) in bits.to_be_bytes().iter().enumerate() {
@@ -55,8 +64,8 @@ pub fn new_id() -> HeaderValue {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Two odd increments walk every 64-bit state before repeating; mixing each through a bijection
-/// gives ids unique within a thread, and the random per-thread seeds make two threads or two runs
-/// collide only when both 64-bit halves do.
+/// gives a first half unique within a thread, and the random per-thread seeds make two threads or
+/// two runs collide only when both halves do.
 const STEP_HIGH: u64 = 0x9e37_79b9_7f4a_7c15;
 const STEP_LOW: u64 = 0xd1b5_4a32_d192_ed03;
 
@@ -64,12 +73,12 @@ thread_local! {
     static STATE: Cell<(u64, u64)> = Cell::new(seed());
 }
 
-fn next_random() -> u128 {
+fn next_random() -> (u64, u64) {
     STATE.with(|state| {
         let (high, low) = state.get();
         let next = (high.wrapping_add(STEP_HIGH), low.wrapping_add(STEP_LOW));
         state.set(next);
-        (u128::from(mix(next.0)) << 64) | u128::from(mix(next.1))
+        (mix(next.0), mix(next.1))
     })
 }
 
@@ -160,6 +169,18 @@ mod tests {
             (0..10_000).map(|_| request_id(&HeaderMap::new())).collect();
         assert_eq!(ids.len(), 10_000);
         assert!(ids.iter().all(is_uuid_v4));
+    }
+
+    #[test]
+    fn layout_keeps_every_bit_of_the_unique_half() {
+        let (unique, _) = next_random();
+        let id = format_id(unique, 0);
+        let hex: String = id.to_str().unwrap().chars().filter(|c| *c != '-').collect();
+        let bits = u128::from_str_radix(&hex, 16).unwrap();
+        let above = ((bits >> 80) << 12) | ((bits >> 64) & 0xfff);
+        let below = (bits >> 58) & 0xf;
+        assert_eq!(((above as u64) << 4) | below as u64, unique);
+        assert!(is_uuid_v4(&id));
     }
 
     #[test]

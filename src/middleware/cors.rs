@@ -293,12 +293,12 @@ fn parse_origins(list: &[String], key: &str, problems: &mut Vec<String>) -> Orig
             "{key}.allow_origins: at least one origin (or \"*\") is needed"
         ));
     }
-    if list.iter().any(|o| o == "*") {
-        return Origins::Any;
-    }
+    let mut any = false;
     let mut origins = Vec::with_capacity(list.len());
     for text in list {
-        if text == "null" || is_origin(text) {
+        if text == "*" {
+            any = true;
+        } else if text == "null" || is_origin(text) {
             origins.push(text.to_ascii_lowercase().into_boxed_str());
         } else {
             problems.push(format!(
@@ -307,7 +307,12 @@ fn parse_origins(list: &[String], key: &str, problems: &mut Vec<String>) -> Orig
             ));
         }
     }
-    Origins::List(origins)
+    // Other entries next to "*" are redundant but still checked, so a typo is reported.
+    if any {
+        Origins::Any
+    } else {
+        Origins::List(origins)
+    }
 }
 
 /// `scheme://host[:port]` exactly as a browser sends it in `Origin`.
@@ -709,6 +714,21 @@ mod tests {
             "{}",
             problems[7]
         );
+    }
+
+    #[test]
+    fn entries_beside_a_wildcard_are_still_checked() {
+        let raw = RawCors {
+            allow_origins: vec!["https://ok.example".into(), "*".into(), "ok.example".into()],
+            ..RawCors::default()
+        };
+        let mut problems = Vec::new();
+        let cors = Cors::parse(&raw, "cors", &mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("cors.allow_origins: \"ok.example\" is not an origin"));
+        let mut response = HeaderMap::new();
+        cors.apply(&request(&[("origin", "https://other.test")]), &mut response);
+        assert_eq!(text(&response, "access-control-allow-origin"), Some("*"));
     }
 
     #[test]

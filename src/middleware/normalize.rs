@@ -1,10 +1,13 @@
-//! Request path normalization, so that every spelling of a path meets the policy of its plain form.
+//! Request normalization, so that every spelling of a path or method meets the policy of its
+//! plain form.
 //!
-//! Routing and every per-route policy (auth, limits, CORS, header rules) see the normalized path;
-//! a spelling that would otherwise slip past a policy (`//`, `/./`, `/../`, `%2e%2e`) is rewritten
-//! to the plain path or rejected.
+//! Routing and every per-route policy (auth, limits, CORS, header rules) see the normalized path
+//! and method; a spelling that would otherwise slip past a policy (`//`, `/./`, `/../`, `%2e%2e`,
+//! `get`) is rewritten to the plain form or rejected.
 
 use std::borrow::Cow;
+
+use http::Method;
 
 /// Why a path cannot be normalized; the caller answers 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +64,19 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathRejected> {
         }
     }
     Ok(Cow::Borrowed(path))
+}
+
+/// The method with its letters uppercased, so `get` or `Post` meets the routes and policies of
+/// `GET` and `POST`. Borrowed when already uppercase, as every standard method is.
+pub fn normalize_method(method: &Method) -> Cow<'_, Method> {
+    let text = method.as_str();
+    if !text.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Cow::Borrowed(method);
+    }
+    // Uppercasing keeps a token a token, so this cannot fail; if it did, the method stays as it
+    // came and simply matches no route.
+    Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+        .map_or(Cow::Borrowed(method), Cow::Owned)
 }
 
 /// Builds the normal form of `rest` (the path after its leading `/`).
@@ -224,6 +240,32 @@ mod tests {
             ("//v1/a%00", PathRejected::EncodedNul),
         ] {
             assert_eq!(normalize_path(path), Err(want), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn methods_are_uppercased() {
+        for (text, want) in [
+            ("get", Method::GET),
+            ("Post", Method::POST),
+            ("pAtCh", Method::PATCH),
+            ("options", Method::OPTIONS),
+        ] {
+            let method = Method::from_bytes(text.as_bytes()).unwrap();
+            assert_ne!(
+                method, want,
+                "{text} is an extension method until normalized"
+            );
+            assert_eq!(*normalize_method(&method), want);
+        }
+        let purge = Method::from_bytes(b"purge").unwrap();
+        assert_eq!(normalize_method(&purge).as_str(), "PURGE");
+        for method in [
+            Method::GET,
+            Method::DELETE,
+            Method::from_bytes(b"PURGE").unwrap(),
+        ] {
+            assert!(matches!(normalize_method(&method), Cow::Borrowed(_)));
         }
     }
 

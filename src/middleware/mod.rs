@@ -35,7 +35,7 @@ use policy::{Access, Policies, Policy, RawPolicy};
 use ratelimit::config::{parse_plans, RawPlan};
 use ratelimit::{LocalStore, Plans, RateStore, Requester, Verdict};
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const REQUEST_ID: HeaderName = request_id::X_REQUEST_ID;
 
 /// The edge sections of the config file as written: `[auth]`, `[plans]`, `[policies]`,
 /// `trusted_proxies` and `max_rate_limit_keys` (fields of the top-level raw config).
@@ -420,8 +420,12 @@ impl MessageGate {
     }
 }
 
-/// Rewrites the request's path to its canonical form; a path that has none is a 400.
+/// Rewrites the request's method and path to their canonical forms; a path that has none is a
+/// 400.
 fn normalize_uri(request: &mut Request<Body>) -> Result<(), GatewayError> {
+    if let Cow::Owned(method) = normalize::normalize_method(request.method()) {
+        *request.method_mut() = method;
+    }
     let path = request.uri().path();
     let normalized = normalize::normalize_path(path)
         .map_err(|e| GatewayError::invalid(format!("bad request path: {e}")))?;

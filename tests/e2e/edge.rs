@@ -493,6 +493,10 @@ async fn no_spelling_of_a_path_escapes_its_policy() {
     ] {
         assert_eq!(raw_status(&gw, "GET", path).await, 401, "{path}");
     }
+    // Methods in another case are the same method.
+    for method in ["get", "Get", "gET"] {
+        assert_eq!(raw_status(&gw, method, "/v1/messages/1").await, 401, "{method}");
+    }
     // The gRPC-style path reaches the same method and the same policy.
     assert_eq!(
         raw_status(&gw, "POST", "/test.v1.Echo/GetMessage").await,

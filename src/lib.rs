@@ -12,6 +12,7 @@ pub mod demo;
 pub mod descriptors;
 pub mod error;
 pub mod gateway;
+pub mod middleware;
 pub mod routing;
 pub mod server;
 pub mod snapshot;

@@ -38,6 +38,36 @@ pub(crate) struct RawPlan {
     limits: Vec<RawQuota>,
 }
 
+/// The `[rate_limit_store]` table: bounds of the in-process bucket store.
+#[allow(dead_code)] // Read by the config loader once the integration wires rate_limits in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    max_keys: Option<usize>,
+    sweep_interval: Option<String>,
+}
+
+/// How the in-process store is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Buckets held at most, over all limits; past it new values share an overflow bucket.
+    pub max_keys: usize,
+    /// How often idle buckets are dropped.
+    pub sweep_interval: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            max_keys: super::DEFAULT_MAX_KEYS,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+        }
+    }
+}
+
+/// Default time between sweeps of idle buckets.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
 /// A token bucket: `burst` tokens at most, refilled at `requests` per `per`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Quota {
@@ -299,6 +329,26 @@ pub(crate) fn parse_plans(raw: &BTreeMap<String, RawPlan>, problems: &mut Vec<St
     Plans { plans }
 }
 
+/// Typed store settings from `[rate_limit_store]`; problems are pushed as
+/// `rate_limit_store.KEY: reason` and leave that key at its default.
+#[allow(dead_code)] // Read by the config loader once the integration wires rate_limits in.
+pub(crate) fn parse_store(raw: &RawStore, problems: &mut Vec<String>) -> StoreSettings {
+    let mut settings = StoreSettings::default();
+    match raw.max_keys {
+        Some(0) => problems.push("rate_limit_store.max_keys: must be at least 1".to_owned()),
+        Some(n) => settings.max_keys = n,
+        None => {}
+    }
+    if let Some(text) = &raw.sweep_interval {
+        match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => settings.sweep_interval = d,
+            Ok(_) => problems.push("rate_limit_store.sweep_interval: must be above 0".to_owned()),
+            Err(e) => problems.push(format!("rate_limit_store.sweep_interval: {e}")),
+        }
+    }
+    settings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +359,8 @@ mod tests {
         rate_limits: Vec<RawLimit>,
         #[serde(default)]
         plans: BTreeMap<String, RawPlan>,
+        #[serde(default)]
+        rate_limit_store: RawStore,
     }
 
     fn doc(text: &str) -> Doc {
@@ -406,5 +458,25 @@ mod tests {
         assert_eq!(plans.quotas(Some("gold"))[0].requests.get(), 10);
         assert!(plans.contains("free") && !plans.contains("gold"));
         assert!(Plans::default().quotas(Some("free")).is_empty());
+    }
+
+    #[test]
+    fn store_settings_default_and_refuse_zero() {
+        let mut problems = Vec::new();
+        assert_eq!(
+            parse_store(&doc("").rate_limit_store, &mut problems),
+            StoreSettings::default()
+        );
+        let set = doc("[rate_limit_store]\nmax_keys = 5000\nsweep_interval = \"30s\"");
+        let settings = parse_store(&set.rate_limit_store, &mut problems);
+        assert_eq!(settings.max_keys, 5000);
+        assert_eq!(settings.sweep_interval, Duration::from_secs(30));
+        assert!(problems.is_empty(), "{problems:?}");
+        let bad = doc("[rate_limit_store]\nmax_keys = 0\nsweep_interval = \"0s\"");
+        assert_eq!(
+            parse_store(&bad.rate_limit_store, &mut problems),
+            StoreSettings::default()
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 }

@@ -17,7 +17,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::{ErrorKind, GatewayError};
 
-pub use config::{LimitKeyKind, LimitRule, Plans, Quota, DEFAULT_PLAN};
+pub use config::{
+    LimitKeyKind, LimitRule, Plans, Quota, StoreSettings, DEFAULT_PLAN, DEFAULT_SWEEP_INTERVAL,
+};
 pub use local::{LocalStore, DEFAULT_MAX_KEYS};
 pub use policy::{RateLimits, Requester, Verdict};
 

@@ -125,7 +125,8 @@ fn ceil_secs(d: Duration) -> u64 {
 }
 
 /// Sets `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds, rounded up) and, on
-/// a denial, `Retry-After` (seconds, at least 1), replacing any the backend sent.
+/// a denial, `Retry-After` (seconds, at least 1), replacing any the backend sent; an allowed
+/// request leaves a backend's own `Retry-After` alone.
 pub fn write_headers(decision: &Decision, headers: &mut HeaderMap) {
     const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
     const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
@@ -133,16 +134,9 @@ pub fn write_headers(decision: &Decision, headers: &mut HeaderMap) {
     headers.insert(LIMIT, HeaderValue::from(decision.limit));
     headers.insert(REMAINING, HeaderValue::from(decision.remaining));
     headers.insert(RESET, HeaderValue::from(ceil_secs(decision.reset)));
-    match decision.retry_after {
-        Some(wait) if !decision.allowed => {
-            headers.insert(
-                http::header::RETRY_AFTER,
-                HeaderValue::from(ceil_secs(wait).max(1)),
-            );
-        }
-        _ => {
-            headers.remove(http::header::RETRY_AFTER);
-        }
+    if !decision.allowed {
+        let wait = ceil_secs(decision.retry_after.unwrap_or_default()).max(1);
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(wait));
     }
 }
 
@@ -191,12 +185,16 @@ mod tests {
     #[test]
     fn headers_round_up_and_retry_after_only_on_denial() {
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("99"));
         write_headers(&decision(true, 7, 1_200, None), &mut headers);
         assert_eq!(headers["ratelimit-limit"], "10");
         assert_eq!(headers["ratelimit-remaining"], "7");
         assert_eq!(headers["ratelimit-reset"], "2");
         assert!(!headers.contains_key(http::header::RETRY_AFTER));
+
+        // A backend's own Retry-After (on its 503, say) survives an allowed request.
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("99"));
+        write_headers(&decision(true, 6, 1_200, None), &mut headers);
+        assert_eq!(headers["retry-after"], "99");
 
         write_headers(&decision(false, 0, 0, Some(20)), &mut headers);
         assert_eq!(headers["ratelimit-remaining"], "0");

@@ -510,13 +510,7 @@ impl GatewayProcess {
             command.arg("--config").arg(path);
         }
         let mut child = command
-            .args([
-                
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--descriptor-set")
             .arg(&set)
             .args(["--upstream", &format!("http://{backend}")])

@@ -35,6 +35,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// None of the types in Accept can be produced.
     NotAcceptable,
+    /// A rate limit refused the request (429, whatever the status table says).
+    RateLimited,
     /// The backend answered with this non-OK gRPC status.
     Status(Code),
     /// The backend's answer broke the gRPC protocol (no status, undecodable message).
@@ -133,6 +135,7 @@ impl GatewayError {
             | ErrorKind::InvalidRequest
             | ErrorKind::PayloadTooLarge
             | ErrorKind::RequestTimeout
+            | ErrorKind::RateLimited
             | ErrorKind::UnsupportedMediaType
             | ErrorKind::NotAcceptable => ErrorSource::Client,
             ErrorKind::Status(_)
@@ -151,6 +154,7 @@ impl GatewayError {
             ErrorKind::InvalidRequest => Code::InvalidArgument,
             ErrorKind::PayloadTooLarge => Code::ResourceExhausted,
             ErrorKind::RequestTimeout => Code::DeadlineExceeded,
+            ErrorKind::RateLimited => Code::ResourceExhausted,
             ErrorKind::UnsupportedMediaType | ErrorKind::NotAcceptable => Code::InvalidArgument,
             ErrorKind::Status(code) => *code,
             ErrorKind::BadGateway => Code::Internal,
@@ -177,6 +181,7 @@ impl GatewayError {
             ErrorKind::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
@@ -392,6 +397,7 @@ mod tests {
         let cases: &[(ErrorKind, u16)] = &[
             (ErrorKind::PayloadTooLarge, WS_CLOSE_TOO_BIG),
             (ErrorKind::InvalidRequest, 4003),
+            (ErrorKind::RateLimited, 4008),
             (ErrorKind::Status(Code::NotFound), 4005),
             (ErrorKind::Unavailable, 4014),
             (ErrorKind::Timeout, 4004),

@@ -58,7 +58,7 @@ pub async fn handle(
                 &mut pass,
             )
             .map(|(response, route)| (response, Some(route))),
-            None => serve(&snapshot, request, remote, store, &accepted, &mut pass)
+            None => serve(&snapshot, request, store, &accepted, &mut pass)
                 .await
                 .map(|(response, route)| (response, Some(route))),
         },
@@ -117,7 +117,6 @@ fn negotiate_accept(
 async fn serve(
     snapshot: &Snapshot,
     request: Request<Body>,
-    remote: Option<SocketAddr>,
     store: &SnapshotStore,
     accepted: &Result<ResponseFormat, GatewayError>,
     pass: &mut Pass,
@@ -137,7 +136,7 @@ async fn serve(
             return Err((GatewayError::new(ErrorKind::NoRoute, "Not Found"), None))
         }
     };
-    match call(snapshot, &route, request, vars, remote, store, accepted, pass).await {
+    match call(snapshot, &route, request, vars, store, accepted, pass).await {
         Ok(response) => Ok((response, route)),
         Err(err) => Err((err, Some(route))),
     }
@@ -148,11 +147,11 @@ async fn call(
     route: &Arc<Route>,
     request: Request<Body>,
     vars: Vec<String>,
-    remote: Option<SocketAddr>,
     store: &SnapshotStore,
     accepted: &Result<ResponseFormat, GatewayError>,
     pass: &mut Pass,
 ) -> Result<Response<Body>, GatewayError> {
+    let remote = pass.remote;
     let started_at = std::time::Instant::now();
     let config = &snapshot.config;
     let timer = store.metrics().upstream(route.method.full_name());

@@ -10,11 +10,11 @@ use http::uri::PathAndQuery;
 use prost_reflect::MethodDescriptor;
 
 use crate::config::{Backend, BackendName, Config, ServiceRule};
-use crate::middleware::policy::Policy;
-use crate::middleware::Edge;
 use crate::descriptors::{
     self, DescriptorError, HttpBinding, Registry, RegistryBuilder, RuleOrigin,
 };
+use crate::middleware::policy::Policy;
+use crate::middleware::Edge;
 use crate::routing::{MatchOptions, PathTemplate, RouteTable, RouteTableBuilder};
 use crate::transcode::{RequestPlan, ResponsePlan};
 use crate::uploads::{SetBinding, SetName, Uploads};

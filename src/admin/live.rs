@@ -309,6 +309,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     if old.server != new.server {
         out.push("server".to_owned());
     }
+    if old.edge.rate_limit_store != new.edge.rate_limit_store {
+        out.push("rate_limit_store".to_owned());
+    }
     out
 }
 

@@ -432,7 +432,7 @@ impl Config {
                 policies: raw.policies.as_ref(),
                 trusted_proxies: &raw.trusted_proxies,
                 forwarded_header: raw.forwarded_header.as_deref(),
-                max_rate_limit_keys: raw.max_rate_limit_keys,
+                rate_limit_store: Some(&raw.rate_limit_store),
             },
             base,
             &mut problems,

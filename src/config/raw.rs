@@ -49,7 +49,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     pub forwarded_header: Option<String>,
-    pub max_rate_limit_keys: Option<u64>,
+    #[serde(default)]
+    pub rate_limit_store: crate::middleware::ratelimit::config::RawStore,
     #[serde(default)]
     pub server: RawServer,
 }

@@ -232,8 +232,7 @@ impl Cors {
             // Appended: compression and others add their own Vary entries.
             response_headers.append(VARY, HeaderValue::from_static("origin"));
         }
-        let Some(allow_origin) = origin.and_then(|origin| self.allow_origin(origin))
-        else {
+        let Some(allow_origin) = origin.and_then(|origin| self.allow_origin(origin)) else {
             return;
         };
         response_headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
@@ -569,7 +568,8 @@ mod tests {
             raw.allow_credentials = Some(true);
         });
         let mut response = HeaderMap::new();
-        cors.apply(request(&[("origin", "https://anyone.test")]).get(ORIGIN),
+        cors.apply(
+            request(&[("origin", "https://anyone.test")]).get(ORIGIN),
             &mut response,
         );
         assert_eq!(
@@ -615,7 +615,8 @@ mod tests {
             ("vary", "accept-encoding"),
             ("content-type", "application/json"),
         ]);
-        cors.apply(request(&[("origin", "https://app.example.com")]).get(ORIGIN),
+        cors.apply(
+            request(&[("origin", "https://app.example.com")]).get(ORIGIN),
             &mut response,
         );
         assert_eq!(
@@ -716,7 +717,10 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].starts_with("cors.allow_origins: \"ok.example\" is not an origin"));
         let mut response = HeaderMap::new();
-        cors.apply(request(&[("origin", "https://other.test")]).get(ORIGIN), &mut response);
+        cors.apply(
+            request(&[("origin", "https://other.test")]).get(ORIGIN),
+            &mut response,
+        );
         assert_eq!(text(&response, "access-control-allow-origin"), Some("*"));
     }
 
@@ -729,7 +733,10 @@ mod tests {
             ["cors.allow_origins: at least one origin (or \"*\") is needed"]
         );
         let mut response = HeaderMap::new();
-        cors.apply(request(&[("origin", "https://a.test")]).get(ORIGIN), &mut response);
+        cors.apply(
+            request(&[("origin", "https://a.test")]).get(ORIGIN),
+            &mut response,
+        );
         assert_eq!(text(&response, "access-control-allow-origin"), None);
     }
 }

@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -32,13 +31,14 @@ use crate::telemetry::metrics::Rejection;
 use auth::{AuthSettings, Authenticator, Principal, RawAuth};
 use client_ip::TrustedProxies;
 use policy::{Access, Policies, Policy, RawPolicy};
-use ratelimit::config::{parse_plans, RawPlan};
+use ratelimit::config::{parse_plans, parse_store, RawPlan, RawStore, StoreSettings};
 use ratelimit::{LocalStore, Plans, RateStore, Requester, Verdict};
 
 const REQUEST_ID: HeaderName = request_id::X_REQUEST_ID;
 
 /// The edge sections of the config file as written: `[auth]`, `[plans]`, `[policies]`,
-/// `trusted_proxies` and `max_rate_limit_keys` (fields of the top-level raw config).
+/// `trusted_proxies`, `forwarded_header` and `[rate_limit_store]` (fields of the top-level raw
+/// config).
 #[derive(Debug, Default)]
 pub(crate) struct RawEdge<'a> {
     pub auth: Option<&'a RawAuth>,
@@ -46,7 +46,7 @@ pub(crate) struct RawEdge<'a> {
     pub policies: Option<&'a BTreeMap<String, RawPolicy>>,
     pub trusted_proxies: &'a [String],
     pub forwarded_header: Option<&'a str>,
-    pub max_rate_limit_keys: Option<u64>,
+    pub rate_limit_store: Option<&'a RawStore>,
 }
 
 /// The checked edge settings.
@@ -60,8 +60,8 @@ pub struct EdgeSettings {
     pub policies: Policies,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: TrustedProxies,
-    /// Rate-limit buckets kept at most (idle ones are evicted first).
-    pub max_rate_limit_keys: usize,
+    /// How the in-process rate-limit store is bounded and swept.
+    pub rate_limit_store: StoreSettings,
 }
 
 impl Default for EdgeSettings {
@@ -89,20 +89,16 @@ impl EdgeSettings {
         let policies = Policies::from_raw(raw.policies.unwrap_or(&no_policies), &plans, problems);
         let trusted_proxies =
             TrustedProxies::parse(raw.trusted_proxies, raw.forwarded_header, problems);
-        let max_rate_limit_keys = match raw.max_rate_limit_keys {
-            None => ratelimit::DEFAULT_MAX_KEYS,
-            Some(0) => {
-                problems.push("max_rate_limit_keys: must be greater than 0".to_owned());
-                ratelimit::DEFAULT_MAX_KEYS
-            }
-            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
-        };
+        let rate_limit_store = raw
+            .rate_limit_store
+            .map(|store| parse_store(store, problems))
+            .unwrap_or_default();
         EdgeSettings {
             auth,
             plans,
             policies,
             trusted_proxies,
-            max_rate_limit_keys,
+            rate_limit_store,
         }
     }
 }
@@ -124,6 +120,8 @@ pub struct Pass {
     pub request_id: HeaderValue,
     /// The client's address, through trusted proxies.
     pub client_ip: IpAddr,
+    /// The peer of the connection.
+    pub remote: Option<SocketAddr>,
     /// The client's `Origin`, for CORS.
     origin: Option<HeaderValue>,
     /// The policy of the matched route, once routed.
@@ -143,8 +141,12 @@ impl Edge {
         let store = match previous {
             Some(p) => p.store.clone(),
             None => {
-                let store = Arc::new(LocalStore::new(settings.max_rate_limit_keys));
-                store.spawn_sweeper(Duration::from_secs(10));
+                let store = Arc::new(LocalStore::new(settings.rate_limit_store.max_keys));
+                // The task ends by itself once the last snapshot holding the store is gone. A
+                // snapshot built outside a runtime (`protogate check`) serves nothing: no sweeper.
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    store.spawn_sweeper(settings.rate_limit_store.sweep_interval);
+                }
                 store
             }
         };
@@ -175,14 +177,13 @@ impl Edge {
         remote: Option<SocketAddr>,
     ) -> (Pass, Result<(), GatewayError>) {
         let request_id = request_id::request_id(request.headers());
-        request
-            .headers_mut()
-            .insert(REQUEST_ID, request_id.clone());
+        request.headers_mut().insert(REQUEST_ID, request_id.clone());
         let peer = remote.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let client_ip = self.trusted.client_ip(peer, request.headers());
         let pass = Pass {
             request_id,
             client_ip,
+            remote,
             origin: request.headers().get(header::ORIGIN).cloned(),
             policy: None,
             principal: None,
@@ -413,7 +414,11 @@ impl MessageGate {
             ip: self.ip,
             route: &self.route,
         };
-        match self.policy.rate_limits.check(&*self.store as &dyn RateStore, &who) {
+        match self
+            .policy
+            .rate_limits
+            .check(&*self.store as &dyn RateStore, &who)
+        {
             Some(Verdict::Deny(_, err)) => Err(err),
             _ => Ok(()),
         }
@@ -442,8 +447,8 @@ fn normalize_uri(request: &mut Request<Body>) -> Result<(), GatewayError> {
             .parse()
             .map_err(|_| GatewayError::invalid("bad request path"))?,
     );
-    *request.uri_mut() = http::Uri::from_parts(parts)
-        .map_err(|_| GatewayError::invalid("bad request path"))?;
+    *request.uri_mut() =
+        http::Uri::from_parts(parts).map_err(|_| GatewayError::invalid("bad request path"))?;
     Ok(())
 }
 

@@ -176,17 +176,18 @@ fn resolve(
         policy.scopes = scopes.clone();
     }
     if let Some(claims) = &raw.claims {
-        policy.claims = claims
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        policy.claims = claims.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     }
     if let Some(limits) = &raw.rate_limits {
         let rules = parse_limits(limits, &format!("{key}.rate_limits"), problems);
         policy.rate_limits = Arc::new(RateLimits::new(selector, &rules, plans));
     }
     if let Some(cors) = &raw.cors {
-        policy.cors = Some(Arc::new(Cors::parse(cors, &format!("{key}.cors"), problems)));
+        policy.cors = Some(Arc::new(Cors::parse(
+            cors,
+            &format!("{key}.cors"),
+            problems,
+        )));
     }
     if let Some(rules) = &raw.request_headers {
         let rules = HeaderRules::parse(rules, &format!("{key}.request_headers"), problems);
@@ -200,12 +201,10 @@ fn resolve(
         let rules = IpRules::parse(ip, &format!("{key}.ip"), problems);
         policy.ip = (!rules.is_empty()).then(|| Arc::new(rules));
     }
-    if !policy.scopes.is_empty() || !policy.claims.is_empty() {
-        if policy.access == Access::Public {
-            problems.push(format!(
-                "{key}: scopes and claims need a caller; set auth = \"authenticated\" or \"jwt\""
-            ));
-        }
+    if (!policy.scopes.is_empty() || !policy.claims.is_empty()) && policy.access == Access::Public {
+        problems.push(format!(
+            "{key}: scopes and claims need a caller; set auth = \"authenticated\" or \"jwt\""
+        ));
     }
     policy
 }

@@ -202,8 +202,13 @@ pub async fn raw_stream_response(
         item.and_then(|bytes| plan.render(bytes).map(|r| r.body))
             .map_err(|err| std::io::Error::other(err.to_string()))
     });
-    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(rest);
+    // Fused: a body reader may poll again after the end.
+    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) })
+        .chain(rest)
+        .fuse();
     let mut response = Response::new(Body::from_stream(body));
+    // Written as each message arrives, so not held back by compression.
+    response.extensions_mut().insert(Streamed);
     if let Ok(ct) = http::HeaderValue::from_str(&content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, ct);
     }

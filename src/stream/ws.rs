@@ -183,7 +183,12 @@ pub fn upgrade(
                 None,
             )
         })?;
-    let credential_params: Vec<&str> = snapshot.edge.auth().settings().credential_params().collect();
+    let credential_params: Vec<&str> = snapshot
+        .edge
+        .auth()
+        .settings()
+        .credential_params()
+        .collect();
     let query: Vec<(String, String)> = request
         .uri()
         .query()
@@ -242,7 +247,10 @@ pub fn upgrade(
         &snapshot.config.forward_headers,
     );
     // The handshake token goes on as a bearer credential, unless it was one of our API keys.
-    let by_key = pass.principal.as_ref().is_some_and(|p| p.api_key().is_some());
+    let by_key = pass
+        .principal
+        .as_ref()
+        .is_some_and(|p| p.api_key().is_some());
     if let (Some(token), false) = (&shake.token, by_key) {
         if let Ok(value) = format!("Bearer {token}").parse() {
             metadata.insert("authorization", value);
@@ -429,12 +437,14 @@ where
             &timer,
         );
         let opened = match until {
-            Some(until) => tokio::time::timeout_at(until, open).await.unwrap_or_else(|_| {
-                Err(GatewayError::new(
-                    ErrorKind::Timeout,
-                    "the call's deadline passed before the backend answered",
-                ))
-            }),
+            Some(until) => tokio::time::timeout_at(until, open)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(GatewayError::new(
+                        ErrorKind::Timeout,
+                        "the call's deadline passed before the backend answered",
+                    ))
+                }),
             None => open.await,
         };
         let mut stream = match opened {

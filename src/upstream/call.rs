@@ -310,13 +310,12 @@ async fn streaming_on(
             slot: slot.clone(),
             taken: None,
         };
-        let mut request =
-            tonic::Request::from_parts(metadata.clone(), Default::default(), attempt);
+        let mut request = tonic::Request::from_parts(metadata.clone(), Default::default(), attempt);
         if let Some(timeout) = timeout {
             request.set_timeout(timeout);
         }
-        let opened = open_streaming(channel.clone(), path.clone(), request, max_response_bytes)
-            .await;
+        let opened =
+            open_streaming(channel.clone(), path.clone(), request, max_response_bytes).await;
         match opened {
             Err(err) if err.is_connect_failure() && slot_full(&slot) => {
                 backend.mark_down(i);

@@ -119,7 +119,10 @@ async fn api_keys_from_header_or_query_and_401_otherwise() {
     assert_eq!(missing.status, 401);
     assert_eq!(error_code(&missing), 16, "{}", missing.text());
     assert!(header(&missing, "www-authenticate").is_some_and(|v| v.starts_with("Bearer")));
-    assert!(missing.json()["message"].as_str().unwrap_or("").contains("API key"));
+    assert!(missing.json()["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("API key"));
     let wrong = get(&gw, "/v1/messages/1", &[("x-api-key", "nope")]).await;
     assert_eq!(wrong.status, 401, "{}", wrong.text());
     assert_eq!(calls(&gw), 0, "refused requests reached the backend");
@@ -128,7 +131,10 @@ async fn api_keys_from_header_or_query_and_401_otherwise() {
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(ok.json()["messageId"], "1");
     // The key's name reaches the backend, the key itself does not.
-    assert_eq!(header(&ok, "grpc-metadata-echo-x-auth-subject"), Some("demo"));
+    assert_eq!(
+        header(&ok, "grpc-metadata-echo-x-auth-subject"),
+        Some("demo")
+    );
     assert!(header(&ok, "grpc-metadata-echo-x-api-key").is_none());
     // From the query too, and the parameter is not bound even though unknown ones are refused.
     let query = get(&gw, &format!("/v1/messages/2?api_key={KEY}"), &[]).await;
@@ -182,18 +188,33 @@ async fn jwt_scopes_claims_and_forwarded_identity() {
     )
     .await;
     assert_eq!(ok.status, 200, "{}", ok.text());
-    assert_eq!(header(&ok, "grpc-metadata-echo-x-auth-subject"), Some("user-7"));
-    assert_eq!(header(&ok, "grpc-metadata-echo-x-auth-tenant"), Some("acme"));
-    assert_eq!(header(&ok, "grpc-metadata-echo-x-auth-scopes"), Some("messages:read"));
+    assert_eq!(
+        header(&ok, "grpc-metadata-echo-x-auth-subject"),
+        Some("user-7")
+    );
+    assert_eq!(
+        header(&ok, "grpc-metadata-echo-x-auth-tenant"),
+        Some("acme")
+    );
+    assert_eq!(
+        header(&ok, "grpc-metadata-echo-x-auth-scopes"),
+        Some("messages:read")
+    );
     // The credential is forwarded by default, as grpc-gateway does.
-    assert_eq!(header(&ok, "grpc-metadata-echo-authorization"), Some(bearer.as_str()));
+    assert_eq!(
+        header(&ok, "grpc-metadata-echo-authorization"),
+        Some(bearer.as_str())
+    );
 
     let before = calls(&gw);
     let write = gw
         .exchange(
             "PATCH",
             "/v1/messages/1",
-            &[("authorization", &bearer), ("content-type", "application/json")],
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
             "{}",
         )
         .await;
@@ -209,7 +230,12 @@ async fn jwt_scopes_claims_and_forwarded_identity() {
         ("wrong issuer", token(json!({"iss": "https://evil.test"}))),
         ("garbage", "not.a.token".to_owned()),
     ] {
-        let ex = get(&gw, "/v1/messages/1", &[("authorization", &format!("Bearer {bad}"))]).await;
+        let ex = get(
+            &gw,
+            "/v1/messages/1",
+            &[("authorization", &format!("Bearer {bad}"))],
+        )
+        .await;
         assert_eq!(ex.status, 401, "{what}: {}", ex.text());
         assert!(header(&ex, "www-authenticate").is_some(), "{what}");
     }
@@ -247,7 +273,10 @@ async fn credential_can_be_stripped_before_the_backend() {
     assert_eq!(gone.status, 200, "{}", gone.text());
     assert!(header(&gone, "grpc-metadata-echo-authorization").is_none());
     assert!(header(&gone, "grpc-metadata-echo-grpcgateway-authorization").is_none());
-    assert_eq!(header(&gone, "grpc-metadata-echo-x-auth-subject"), Some("user-7"));
+    assert_eq!(
+        header(&gone, "grpc-metadata-echo-x-auth-subject"),
+        Some("user-7")
+    );
 }
 
 #[tokio::test]
@@ -322,7 +351,12 @@ async fn ip_rules_honour_forwarded_for_only_from_trusted_proxies() {
         "#,
     ))
     .await;
-    let denied = get(&deny_loopback, "/v1/messages/1", &[("x-forwarded-for", "10.1.2.3")]).await;
+    let denied = get(
+        &deny_loopback,
+        "/v1/messages/1",
+        &[("x-forwarded-for", "10.1.2.3")],
+    )
+    .await;
     assert_eq!(denied.status, 403, "{}", denied.text());
     assert_eq!(calls(&deny_loopback), 0);
 
@@ -339,7 +373,12 @@ async fn ip_rules_honour_forwarded_for_only_from_trusted_proxies() {
     let from_10 = get(gw, "/v1/messages/1", &[("x-forwarded-for", "10.1.2.3")]).await;
     assert_eq!(from_10.status, 200, "{}", from_10.text());
     // Spoofing by prepending: the rightmost untrusted hop is the client.
-    let spoofed = get(gw, "/v1/messages/1", &[("x-forwarded-for", "10.1.2.3, 192.0.2.1")]).await;
+    let spoofed = get(
+        gw,
+        "/v1/messages/1",
+        &[("x-forwarded-for", "10.1.2.3, 192.0.2.1")],
+    )
+    .await;
     assert_eq!(spoofed.status, 403);
     let denied = get(gw, "/v1/messages/1", &[("x-forwarded-for", "10.9.1.1")]).await;
     assert_eq!(denied.status, 403);
@@ -373,8 +412,7 @@ async fn cors_preflight_is_answered_at_the_gateway_before_auth() {
         header(&preflight, "access-control-allow-origin"),
         Some("https://app.example")
     );
-    assert!(header(&preflight, "access-control-allow-methods")
-        .is_some_and(|m| m.contains("GET")));
+    assert!(header(&preflight, "access-control-allow-methods").is_some_and(|m| m.contains("GET")));
     assert!(header(&preflight, "access-control-allow-headers")
         .is_some_and(|m| m.to_ascii_lowercase().contains("x-api-key")));
     let evil = gw
@@ -433,13 +471,19 @@ async fn header_rules_and_request_ids() {
     )
     .await;
     assert_eq!(ex.status, 200, "{}", ex.text());
-    assert_eq!(header(&ex, "grpc-metadata-echo-x-added"), Some("by-gateway"));
+    assert_eq!(
+        header(&ex, "grpc-metadata-echo-x-added"),
+        Some("by-gateway")
+    );
     assert!(header(&ex, "grpc-metadata-echo-x-secret").is_none());
     assert!(header(&ex, "grpc-metadata-echo-x-added-too").is_none());
     assert_eq!(header(&ex, "x-served-by"), Some("protogate"));
     // The client's request id reaches the backend and comes back.
     assert_eq!(header(&ex, "x-request-id"), Some("req-abc-123"));
-    assert_eq!(header(&ex, "grpc-metadata-echo-x-request-id"), Some("req-abc-123"));
+    assert_eq!(
+        header(&ex, "grpc-metadata-echo-x-request-id"),
+        Some("req-abc-123")
+    );
     // Without one, each request gets a fresh id, on errors too.
     let a = get(&gw, "/v1/messages/1", &[]).await;
     let b = get(&gw, "/nowhere", &[]).await;
@@ -495,7 +539,11 @@ async fn no_spelling_of_a_path_escapes_its_policy() {
     }
     // Methods in another case are the same method.
     for method in ["get", "Get", "gET"] {
-        assert_eq!(raw_status(&gw, method, "/v1/messages/1").await, 401, "{method}");
+        assert_eq!(
+            raw_status(&gw, method, "/v1/messages/1").await,
+            401,
+            "{method}"
+        );
     }
     // The gRPC-style path reaches the same method and the same policy.
     assert_eq!(
@@ -551,7 +599,9 @@ async fn websockets_are_authenticated_at_the_upgrade_and_count_messages() {
     .await;
     assert_eq!(ws_open(&gw, "/v1/ws/chat", &[]).await.err(), Some(401));
     assert_eq!(
-        ws_open(&gw, "/v1/ws/chat", &[("x-api-key", "wrong")]).await.err(),
+        ws_open(&gw, "/v1/ws/chat", &[("x-api-key", "wrong")])
+            .await
+            .err(),
         Some(401)
     );
     assert_eq!(calls(&gw), 0);

@@ -403,7 +403,10 @@ async fn shutdown_ends_http_streams_with_unavailable() {
 async fn open_chat(
     gw: &Gateway,
     headers: &[(&str, &str)],
-) -> (mpsc::Sender<Result<Bytes, std::io::Error>>, reqwest::Response) {
+) -> (
+    mpsc::Sender<Result<Bytes, std::io::Error>>,
+    reqwest::Response,
+) {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     tx.send(Ok(Bytes::from_static(b"{\"messageId\":\"one\"}\n")))
@@ -429,7 +432,10 @@ async fn a_stream_outlives_the_route_timeout_but_not_the_clients_deadline() {
     // The route's timeout bounds the wait for the backend's headers only.
     let (tx, mut resp) = open_chat(&gw, &[]).await;
     let mut buf = Vec::new();
-    assert!(line(&mut resp, &mut buf).await.expect("first").contains("one"));
+    assert!(line(&mut resp, &mut buf)
+        .await
+        .expect("first")
+        .contains("one"));
     tokio::time::sleep(Duration::from_millis(600)).await;
     tx.send(Ok(Bytes::from_static(b"{\"messageId\":\"two\"}")))
         .await
@@ -443,7 +449,10 @@ async fn a_stream_outlives_the_route_timeout_but_not_the_clients_deadline() {
     // backend's call.
     let (_tx, mut resp) = open_chat(&gw, &[("grpc-timeout", "400m")]).await;
     let mut buf = Vec::new();
-    assert!(line(&mut resp, &mut buf).await.expect("first").contains("one"));
+    assert!(line(&mut resp, &mut buf)
+        .await
+        .expect("first")
+        .contains("one"));
     let last = line(&mut resp, &mut buf).await.expect("an error line");
     let error: serde_json::Value = serde_json::from_str(&last).expect("json");
     assert_eq!(error["error"]["code"], 4, "{last}");

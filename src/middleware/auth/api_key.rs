@@ -153,9 +153,21 @@ mod tests {
             "auth.api_keys",
             &mut problems,
         );
-        assert!(problems[0].starts_with("auth.api_keys[0].sha256"), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("used twice")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("configured twice")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("[3].name")), "{problems:?}");
+        assert!(
+            problems[0].starts_with("auth.api_keys[0].sha256"),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("used twice")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("configured twice")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("[3].name")),
+            "{problems:?}"
+        );
     }
 }

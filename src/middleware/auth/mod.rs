@@ -98,7 +98,9 @@ impl AuthSettings {
         let api_key_header = match &raw.api_key_header {
             None => HeaderName::from_static("x-api-key"),
             Some(name) => HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|_| {
-                problems.push(format!("auth.api_key_header: {name:?} is not a header name"));
+                problems.push(format!(
+                    "auth.api_key_header: {name:?} is not a header name"
+                ));
                 HeaderName::from_static("x-api-key")
             }),
         };
@@ -108,11 +110,13 @@ impl AuthSettings {
             Some(name) => Some(name.to_owned()),
         };
         let mut forward = Vec::new();
-        let mut target = |what: Forwarded, key: &str, name: &str| {
-            match AsciiMetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes()) {
-                Ok(k) if !name.ends_with("-bin") => forward.push((what, k)),
-                _ => problems.push(format!("auth.forward.{key}: {name:?} is not a metadata key")),
-            }
+        let mut target = |what: Forwarded, key: &str, name: &str| match AsciiMetadataKey::from_bytes(
+            name.to_ascii_lowercase().as_bytes(),
+        ) {
+            Ok(k) if !name.ends_with("-bin") => forward.push((what, k)),
+            _ => problems.push(format!(
+                "auth.forward.{key}: {name:?} is not a metadata key"
+            )),
         };
         target(
             Forwarded::Subject,
@@ -126,7 +130,11 @@ impl AuthSettings {
             target(Forwarded::Scopes, "scopes", name);
         }
         for (claim, name) in &raw.forward.claims {
-            target(Forwarded::Claim(claim.clone()), &format!("claims.{claim}"), name);
+            target(
+                Forwarded::Claim(claim.clone()),
+                &format!("claims.{claim}"),
+                name,
+            );
         }
         // An empty name turns a forward off.
         forward.retain(|(_, key)| !key.as_str().is_empty());
@@ -250,9 +258,8 @@ impl Authenticator {
             }
         }
         if let Some(query) = query {
-            let param = |name: &Option<String>| {
-                name.as_deref().and_then(|name| query_param(query, name))
-            };
+            let param =
+                |name: &Option<String>| name.as_deref().and_then(|name| query_param(query, name));
             if let Some(key) = param(&self.settings.api_key_query).filter(|_| keys) {
                 return self.key(key.as_bytes()).map(Some);
             }
@@ -316,10 +323,10 @@ impl Authenticator {
         let Some(principal) = principal else {
             return Err(unauthenticated(format!("this method needs {needed}")));
         };
-        let kind_ok = match (&principal.credential, policy.access) {
-            (Credential::ApiKey(_), Access::Jwt) | (Credential::Jwt(_), Access::ApiKey) => false,
-            _ => true,
-        };
+        let kind_ok = !matches!(
+            (&principal.credential, policy.access),
+            (Credential::ApiKey(_), Access::Jwt) | (Credential::Jwt(_), Access::ApiKey)
+        );
         if !kind_ok {
             return Err(unauthenticated(format!("this method needs {needed}")));
         }
@@ -363,9 +370,7 @@ impl Authenticator {
             let value = match what {
                 Forwarded::Subject => Some(principal.name.to_string()),
                 Forwarded::Plan => principal.plan.as_deref().map(str::to_owned),
-                Forwarded::Scopes => {
-                    Some(principal.scopes().join(" ")).filter(|s| !s.is_empty())
-                }
+                Forwarded::Scopes => Some(principal.scopes().join(" ")).filter(|s| !s.is_empty()),
                 Forwarded::Claim(claim) => match &principal.credential {
                     Credential::Jwt(claims) => claims.get(claim),
                     Credential::ApiKey(_) => None,

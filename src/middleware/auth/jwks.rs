@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -107,12 +108,20 @@ fn signing_key(value: serde_json::Value) -> Result<Option<KeySpec>, String> {
     Ok(Some(spec))
 }
 
-/// The plain-HTTP client JWKS fetches go through.
-pub(crate) type JwksClient = Client<HttpConnector, Empty<Bytes>>;
+/// The client JWKS fetches go through: `https://` checked against the webpki root certificates,
+/// or `http://`.
+pub(crate) type JwksClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
-/// A client for [`fetch`]; its connector refuses anything but `http://`.
-pub(crate) fn client() -> JwksClient {
-    Client::builder(TokioExecutor::new()).build_http()
+/// A client for [`fetch`]; fails only if the TLS library cannot offer its default protocol
+/// versions.
+pub(crate) fn client() -> Result<JwksClient, JwksError> {
+    let connector = HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| JwksError::Transport(format!("TLS set-up: {e}")))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
 /// Fetches and parses the JWKS at `uri`, bounded in time and size.
@@ -230,7 +239,7 @@ mod tests {
     #[tokio::test]
     async fn fetch_reads_a_set_and_refuses_bad_answers() {
         let server = JwksServer::start().await;
-        let client = client();
+        let client = client().unwrap();
         server.serve_keys(&[jwk(TestKey::Rsa, Some("a"))]);
         let keys = fetch(&client, &server.uri()).await.unwrap();
         assert_eq!(keys[0].kid.as_deref(), Some("a"));
@@ -263,7 +272,21 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let uri: Uri = format!("http://{addr}/jwks.json").parse().unwrap();
-        let err = fetch(&client(), &uri).await.unwrap_err();
+        let err = fetch(&client().unwrap(), &uri).await.unwrap_err();
+        assert!(matches!(err, JwksError::Transport(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_https_url_goes_through_tls() {
+        // The JWKS server speaks plain HTTP: an https:// URL to it must fail in the TLS handshake,
+        // never fall back to reading the plain answer.
+        let server = JwksServer::start().await;
+        server.serve_keys(&[jwk(TestKey::Rsa, Some("a"))]);
+        let plain = server.uri();
+        let uri: Uri = format!("https://{}{}", plain.authority().unwrap(), plain.path())
+            .parse()
+            .unwrap();
+        let err = fetch(&client().unwrap(), &uri).await.unwrap_err();
         assert!(matches!(err, JwksError::Transport(_)), "{err}");
     }
 }

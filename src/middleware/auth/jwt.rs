@@ -125,15 +125,13 @@ impl JwtSettings {
         }
         let jwks_url = raw.jwks_url.as_deref().and_then(|text| {
             let problem = match text.parse::<Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some() =>
+                {
                     return Some(uri)
                 }
-                Ok(uri) if uri.scheme_str() == Some("https") => {
-                    "https is not supported yet (no TLS client is built in); serve the JWKS \
-                     over http on a trusted network, or use jwks_file"
-                        .to_owned()
-                }
-                Ok(_) => "must be an http:// URL with a host".to_owned(),
+                Ok(_) => "must be an https:// or http:// URL with a host".to_owned(),
                 Err(e) => format!("{e} (got {text:?})"),
             };
             problems.push(format!("{key}.jwks_url: {problem}"));
@@ -483,7 +481,13 @@ fn refused_header(token: &str) -> JwtError {
 /// Fetches the JWKS now, then every `period`, or early when asked but never twice within `gap`;
 /// a failed fetch keeps the keys of the last good one.
 async fn refresh(keys: Arc<Keys>, uri: Uri, period: Duration, gap: Duration) {
-    let client = jwks::client();
+    let client = match jwks::client() {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(url = %uri, error = %e, "no JWKS client; tokens of this URL's keys fail");
+            return;
+        }
+    };
     loop {
         let started = tokio::time::Instant::now();
         match jwks::fetch(&client, &uri).await {
@@ -817,8 +821,7 @@ mod tests {
             ("[[keys]]\nalgorithm = \"RS256\"\npem_file = \"rsa_public.pem\"\npem = \"x\"", "set pem or pem_file, not both"),
             ("jwks_file = \"missing.json\"", "auth.jwt.jwks_file:"),
             ("jwks_file = \"rsa_public.pem\"", "not a JWKS document"),
-            ("jwks_url = \"ftp://idp.example/jwks\"", "auth.jwt.jwks_url: must be an http:// URL"),
-            ("jwks_url = \"https://idp.example/jwks\"", "auth.jwt.jwks_url: https is not supported yet"),
+            ("jwks_url = \"ftp://idp.example/jwks\"", "auth.jwt.jwks_url: must be an https:// or http:// URL"),
             ("jwks_url = \"not a url\"", "auth.jwt.jwks_url:"),
             ("jwks_url = \"http://idp/jwks\"\nleeway = \"soon\"", "auth.jwt.leeway:"),
             ("jwks_url = \"http://idp/jwks\"\njwks_refresh = \"1ms\"", "auth.jwt.jwks_refresh: at least 1s"),

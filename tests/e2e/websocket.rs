@@ -390,3 +390,28 @@ async fn client_streaming_answers_after_the_half_close() {
     assert_eq!(text(next(&mut ws).await)["status"]["code"], 0);
     assert_eq!(next(&mut ws).await, Frame::Close(1000));
 }
+
+#[tokio::test]
+async fn a_deadline_on_the_upgrade_bounds_the_call() {
+    let gw = Gateway::mirror("").await;
+    let mut socket = open(
+        &gw,
+        "/v1/ws/chat",
+        &[
+            ("sec-websocket-protocol", "protogate.v1"),
+            ("grpc-timeout", "500m"),
+            ("grpc-metadata-x-mirror-repeat", "1"),
+        ],
+    )
+    .await
+    .expect("socket");
+    socket
+        .send(Message::text(r#"{"text":"hi"}"#))
+        .await
+        .expect("send");
+    assert_eq!(text(next(&mut socket).await)["result"]["text"], "hi");
+    // The socket stays open and quiet; the client's deadline ends the call.
+    let status = text(next(&mut socket).await);
+    assert_eq!(status["status"]["code"], 4, "{status}");
+    assert_eq!(next(&mut socket).await, Frame::Close(4004));
+}

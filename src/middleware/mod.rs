@@ -297,14 +297,7 @@ impl Edge {
         if policy.rate_limits.is_empty() {
             return Ok(());
         }
-        let principal = pass.principal.as_ref();
-        let who = Requester {
-            api_key: principal.and_then(Principal::api_key),
-            subject: principal.and_then(Principal::subject),
-            plan: principal.and_then(|p| p.plan.as_deref()),
-            ip: pass.client_ip,
-            route,
-        };
+        let who = requester(pass.principal.as_ref(), pass.client_ip, route);
         match policy.rate_limits.check(&*self.store, &who) {
             None => Ok(()),
             Some(Verdict::Allow(decision)) => {
@@ -406,14 +399,7 @@ pub struct MessageGate {
 impl MessageGate {
     /// Takes a token for one client message, or the error that ends the stream.
     pub fn check(&self) -> Result<(), GatewayError> {
-        let principal = self.principal.as_ref();
-        let who = Requester {
-            api_key: principal.and_then(Principal::api_key),
-            subject: principal.and_then(Principal::subject),
-            plan: principal.and_then(|p| p.plan.as_deref()),
-            ip: self.ip,
-            route: &self.route,
-        };
+        let who = requester(self.principal.as_ref(), self.ip, &self.route);
         match self
             .policy
             .rate_limits
@@ -422,6 +408,17 @@ impl MessageGate {
             Some(Verdict::Deny(_, err)) => Err(err),
             _ => Ok(()),
         }
+    }
+}
+
+/// What the rate limits count a request by.
+fn requester<'a>(principal: Option<&'a Principal>, ip: IpAddr, route: &'a str) -> Requester<'a> {
+    Requester {
+        api_key: principal.and_then(Principal::api_key),
+        subject: principal.and_then(Principal::subject),
+        plan: principal.and_then(|p| p.plan.as_deref()),
+        ip,
+        route,
     }
 }
 

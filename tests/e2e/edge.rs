@@ -9,7 +9,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{Exchange, Gateway};
@@ -566,24 +565,16 @@ async fn no_spelling_of_a_path_escapes_its_policy() {
     assert_eq!(calls(&gw), 0, "a bypass reached the backend");
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<TcpStream>;
-
-async fn ws_open(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Result<Socket, u16> {
-    let url = gw.url(path).replacen("http://", "ws://", 1);
-    let mut request = url.as_str().into_client_request().expect("request");
-    for (k, v) in headers {
-        request.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
-            v.parse().expect("value"),
-        );
-    }
-    let tcp = TcpStream::connect(gw.base.trim_start_matches("http://"))
-        .await
-        .expect("connect");
-    match tokio_tungstenite::client_async(request, tcp).await {
-        Ok((socket, _)) => Ok(socket),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
-        Err(err) => panic!("handshake failed: {err}"),
+/// The next text frame as JSON, skipping control frames; panics if none comes in time.
+async fn next_json(socket: &mut crate::websocket::Socket) -> Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                return serde_json::from_str(text.as_str()).expect("json frame")
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no text frame: {other:?}"),
+        }
     }
 }
 
@@ -597,20 +588,23 @@ async fn websockets_are_authenticated_at_the_upgrade_and_count_messages() {
         "#,
     ))
     .await;
-    assert_eq!(ws_open(&gw, "/v1/ws/chat", &[]).await.err(), Some(401));
     assert_eq!(
-        ws_open(&gw, "/v1/ws/chat", &[("x-api-key", "wrong")])
+        crate::websocket::open(&gw, "/v1/ws/chat", &[]).await.err(),
+        Some(401)
+    );
+    assert_eq!(
+        crate::websocket::open(&gw, "/v1/ws/chat", &[("x-api-key", "wrong")])
             .await
             .err(),
         Some(401)
     );
     assert_eq!(calls(&gw), 0);
     // A browser's ways: the query, or the subprotocol token.
-    let by_query = ws_open(&gw, &format!("/v1/ws/chat?api_key={KEY}"), &[]).await;
+    let by_query = crate::websocket::open(&gw, &format!("/v1/ws/chat?api_key={KEY}"), &[]).await;
     assert!(by_query.is_ok(), "{:?}", by_query.err());
     drop(by_query);
     let jwt = token(json!({"sub": "socket-user"}));
-    let mut socket = ws_open(
+    let mut socket = crate::websocket::open(
         &gw,
         "/v1/ws/chat",
         &[
@@ -627,15 +621,7 @@ async fn websockets_are_authenticated_at_the_upgrade_and_count_messages() {
             .send(Message::text(json!({"text": format!("m{i}")}).to_string()))
             .await
             .expect("send");
-        let frame = loop {
-            match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) => {
-                    break serde_json::from_str::<Value>(text.as_str()).expect("json")
-                }
-                Ok(Some(Ok(_))) => continue,
-                other => panic!("no answer to m{i}: {other:?}"),
-            }
-        };
+        let frame = next_json(&mut socket).await;
         if i < 2 {
             assert_eq!(frame["result"]["text"], format!("m{i}"), "{frame}");
         } else {
@@ -649,7 +635,7 @@ async fn browsers_pass_metadata_in_the_websocket_url() {
     let gw = Gateway::mirror("").await;
     // The mirror fails a call with the code and message its metadata asks for: seeing them
     // come back proves the query parameters reached the backend as metadata.
-    let mut socket = ws_open(
+    let mut socket = crate::websocket::open(
         &gw,
         "/v1/ws/chat?grpc-metadata-x-mirror-code=5&grpc-metadata-x-mirror-message=from-the-url",
         &[],
@@ -694,7 +680,7 @@ async fn a_credential_in_the_query_never_binds_into_the_message() {
     assert_eq!(ok.json()["text"], "", "{}", ok.text());
     assert_eq!(ok.json()["name"], "n");
     // A WebSocket keeps it out of the message too, and does not pass it on as a bearer token.
-    let mut socket = ws_open(
+    let mut socket = crate::websocket::open(
         &gw,
         &format!("/v1/ws/chat?text={KEY}"),
         &[("grpc-metadata-x-mirror-repeat", "1")],
@@ -702,14 +688,6 @@ async fn a_credential_in_the_query_never_binds_into_the_message() {
     .await
     .expect("socket");
     socket.send(Message::text("{}")).await.expect("send");
-    let frame = loop {
-        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => {
-                break serde_json::from_str::<Value>(text.as_str()).expect("json")
-            }
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("no answer: {other:?}"),
-        }
-    };
+    let frame = next_json(&mut socket).await;
     assert_eq!(frame["result"]["text"], "", "{frame}");
 }

@@ -42,10 +42,14 @@ async fn calls_are_balanced_over_every_address_of_a_backend() {
     assert!(ca > 0 && cb > 0, "one address got every call: {ca} vs {cb}");
 }
 
-#[tokio::test]
-async fn an_address_that_is_down_is_avoided() {
+/// A gateway whose default backend has a dead address first and a live mirror second.
+async fn half_down() -> (
+    Gateway,
+    std::sync::Arc<demo::MirrorStats>,
+    watch::Sender<()>,
+) {
     let registry = test_registry();
-    let (_stop, stopped) = watch::channel(());
+    let (stop, stopped) = watch::channel(());
     let (up, stats) = demo::start_mirror(registry.pool().clone(), stopped)
         .await
         .expect("mirror");
@@ -64,7 +68,12 @@ async fn an_address_that_is_down_is_avoided() {
         "#
     );
     let config = Config::from_toml(&toml, Path::new(".")).expect("config");
-    let gw = Gateway::with(config, registry).await;
+    (Gateway::with(config, registry).await, stats, stop)
+}
+
+#[tokio::test]
+async fn an_address_that_is_down_is_avoided() {
+    let (gw, stats, _stop) = half_down().await;
     let mut ok = 0;
     for i in 0..10 {
         let path = format!("/v1/messages/{i}");
@@ -81,25 +90,7 @@ async fn an_address_that_is_down_is_avoided() {
 
 #[tokio::test]
 async fn streaming_calls_fail_over_from_an_address_that_is_down() {
-    let registry = test_registry();
-    let (_stop, stopped) = watch::channel(());
-    let (up, stats) = demo::start_mirror(registry.pool().clone(), stopped)
-        .await
-        .expect("mirror");
-    let down = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
-    let toml = format!(
-        r#"
-        default_backend = "pair"
-        [backends.pair]
-        addresses = ["http://{down}", "http://{up}"]
-        connect_timeout = "500ms"
-        "#
-    );
-    let config = Config::from_toml(&toml, Path::new(".")).expect("config");
-    let gw = Gateway::with(config, registry).await;
+    let (gw, stats, _stop) = half_down().await;
     // Round-robin starts each call at the next address, so some of these try the dead one
     // first; the messages must still all arrive, in order, at the live one.
     for i in 0..6 {

@@ -16,10 +16,14 @@ use crate::support::Gateway;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-type Socket = WebSocketStream<TcpStream>;
+pub(crate) type Socket = WebSocketStream<TcpStream>;
 
 /// Opens a socket at `path` with extra handshake headers; Err carries the refusal's status.
-async fn open(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Result<Socket, u16> {
+pub(crate) async fn open(
+    gw: &Gateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Socket, u16> {
     let url = gw.url(path).replacen("http://", "ws://", 1);
     let mut request = url.as_str().into_client_request().expect("request");
     for (k, v) in headers {

@@ -205,18 +205,18 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
 }
 
 /// The API key scenario f presents.
-const EDGE_KEY: &str = "bench-key";
+pub const EDGE_KEY: &str = "bench-key";
 
 /// What scenario f's client sends besides the body: a key, an Origin and a request id.
-const EDGE_HEADERS: &[(&str, &str)] = &[
+pub const EDGE_HEADERS: &[(&str, &str)] = &[
     ("x-api-key", EDGE_KEY),
     ("origin", "https://app.example"),
     ("x-request-id", "bench-request"),
 ];
 
-/// Scenario f's edge: API key auth, two rate limits too high to refuse, CORS, header rules and
-/// forwarded identity, all on the bench method.
-fn edge_config() -> String {
+/// Scenario f's edge (and the edge criterion bench's): API key auth, two rate limits too high to
+/// refuse, CORS, header rules and forwarded identity, all on the bench method.
+pub fn edge_config() -> String {
     format!(
         r#"
 [auth]

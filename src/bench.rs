@@ -30,6 +30,8 @@ pub struct BenchOptions {
     pub max_requests: usize,
     /// Idle WebSockets to hold open for the memory figure (0 skips it).
     pub ws_idle: usize,
+    /// Worker threads of the gateway process; None: tokio's default, one per core.
+    pub gateway_workers: Option<usize>,
 }
 
 /// One scenario's figures.
@@ -57,9 +59,10 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
     let backend = demo::start_bench_backend(stopped)
         .await
         .map_err(|e| format!("bench backend: {e}"))?;
-    let mut gateway = GatewayProcess::start(backend, None).await?;
+    let workers = options.gateway_workers;
+    let mut gateway = GatewayProcess::start(backend, None, workers).await?;
     // The same gateway with the whole edge at work, for scenario f.
-    let mut edged = GatewayProcess::start(backend, Some(&edge_config())).await?;
+    let mut edged = GatewayProcess::start(backend, Some(&edge_config()), workers).await?;
     let http = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
         .build_http::<Full<Bytes>>();
@@ -497,13 +500,20 @@ struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    async fn start(backend: SocketAddr, config: Option<&str>) -> Result<GatewayProcess, String> {
+    async fn start(
+        backend: SocketAddr,
+        config: Option<&str>,
+        workers: Option<usize>,
+    ) -> Result<GatewayProcess, String> {
         let dir = TempDir::new()?;
         let set = dir.path.join("bench.binpb");
         std::fs::write(&set, demo::BENCH_DESCRIPTORS).map_err(|e| format!("{e}"))?;
         let exe = std::env::current_exe().map_err(|e| format!("{e}"))?;
         let mut command = Command::new(exe);
         command.arg("serve");
+        if let Some(workers) = workers {
+            command.env("TOKIO_WORKER_THREADS", workers.to_string());
+        }
         if let Some(config) = config {
             let path = dir.path.join("protogate.toml");
             std::fs::write(&path, config).map_err(|e| format!("{e}"))?;

@@ -65,6 +65,10 @@ enum Command {
         /// Idle WebSockets held open to measure memory per socket (0 skips it).
         #[arg(long, default_value_t = 1_000)]
         ws_idle: usize,
+        /// Worker threads of the gateway process (its TOKIO_WORKER_THREADS); default: one per
+        /// core.
+        #[arg(long)]
+        gateway_workers: Option<usize>,
     },
     /// Start the bundled example shop services and the gateway in front of them.
     Demo {
@@ -204,6 +208,7 @@ async fn run(command: Command) -> Result<(), String> {
             warmup,
             max_requests,
             ws_idle,
+            gateway_workers,
         } => {
             let valid = |s: f64| s.is_finite() && (0.0..=600.0).contains(&s);
             if !valid(seconds)
@@ -220,6 +225,7 @@ async fn run(command: Command) -> Result<(), String> {
                 warmup: std::time::Duration::from_secs_f64(warmup),
                 max_requests,
                 ws_idle,
+                gateway_workers,
             })
             .await?;
             print!("{report}");

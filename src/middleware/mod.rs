@@ -263,11 +263,11 @@ impl Edge {
         // and serves a caller whose credential does not check out as anonymous.
         pass.principal = if policy.access != Access::Public {
             self.auth
-                .authenticate(headers, query, handshake)
+                .authenticate(headers, query, handshake, policy.access)
                 .inspect_err(|_| pass.rejection = Some(Rejection::Unauthenticated))?
         } else if !policy.rate_limits.is_empty() {
             self.auth
-                .authenticate(headers, query, handshake)
+                .authenticate(headers, query, handshake, policy.access)
                 .ok()
                 .flatten()
         } else {

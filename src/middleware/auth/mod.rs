@@ -242,11 +242,12 @@ impl Authenticator {
         headers: &HeaderMap,
         query: Option<&str>,
         handshake: HandshakeToken<'_>,
+        access: Access,
     ) -> Result<Option<Principal>, GatewayError> {
-        // Only the kinds of credential the gateway is configured for are its business; any other
-        // (a token for the backend to check, say) passes through untouched.
-        let keys = !self.settings.api_keys.is_empty();
-        let tokens = self.jwt.is_some();
+        // Only the kinds of credential the gateway is configured for, and the route accepts, are
+        // its business; any other (a token for the backend to check, say) passes through.
+        let keys = !self.settings.api_keys.is_empty() && access != Access::Jwt;
+        let tokens = self.jwt.is_some() && access != Access::ApiKey;
         if tokens {
             if let Some(token) = bearer(headers) {
                 return self.token(token).map(Some);
@@ -269,7 +270,12 @@ impl Authenticator {
         }
         if let Some(token) = handshake {
             // A browser socket has one place for a credential: a key or a token.
-            if let Some(key) = self.settings.api_keys.find(token.as_bytes()) {
+            if let Some(key) = self
+                .settings
+                .api_keys
+                .find(token.as_bytes())
+                .filter(|_| keys)
+            {
                 return Ok(Some(principal_of_key(key)));
             }
             if tokens {

@@ -707,3 +707,106 @@ async fn a_credential_in_the_query_never_binds_into_the_message() {
     let frame = next_json(&mut socket).await;
     assert_eq!(frame["result"]["text"], "", "{frame}");
 }
+
+/// A private key of tests/fixtures/jwt as the DER jsonwebtoken reads.
+fn fixture_der(name: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let pem = std::fs::read_to_string(crate::support::repo().join("tests/fixtures/jwt").join(name))
+        .expect("fixture key");
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("PEM body")
+}
+
+/// An RS256 key pair of the fixtures, as a signing key and its public JWK under `kid`.
+fn rsa_key(file: &str, kid: &str) -> (jsonwebtoken::EncodingKey, jsonwebtoken::jwk::Jwk) {
+    let key = jsonwebtoken::EncodingKey::from_rsa_der(&fixture_der(file));
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::RS256)
+        .expect("jwk");
+    jwk.common.key_id = Some(kid.to_owned());
+    (key, jwk)
+}
+
+fn rs256(key: &jsonwebtoken::EncodingKey, kid: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    let claims = json!({"sub": "rotating", "exp": now() + 300, "aud": "protogate-tests"});
+    jsonwebtoken::encode(&header, &claims, key).expect("token")
+}
+
+#[tokio::test]
+async fn a_jwks_url_key_rotation_is_picked_up_without_a_restart() {
+    use std::sync::{Arc, Mutex};
+    let (key_a, jwk_a) = rsa_key("rsa_private.pem", "a");
+    let (key_b, jwk_b) = rsa_key("rsa2_private.pem", "b");
+    let served = Arc::new(Mutex::new(json!({ "keys": [jwk_a] }).to_string()));
+    let body = served.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { body.lock().expect("lock").clone() }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let idp = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let gw = Gateway::mirror(&format!(
+        r#"
+        [auth.jwt]
+        audiences = ["protogate-tests"]
+        jwks_url = "http://{idp}/jwks.json"
+        jwks_refresh = "1s"
+        [policies."test.v1.Echo"]
+        auth = "jwt"
+        "#
+    ))
+    .await;
+    let call = |token: String| {
+        let gw = &gw;
+        async move {
+            get(
+                gw,
+                "/v1/messages/1",
+                &[("authorization", &format!("Bearer {token}"))],
+            )
+            .await
+            .status
+        }
+    };
+    // The first fetch runs in the background as the gateway starts.
+    let mut status = 0;
+    for _ in 0..100 {
+        status = call(rs256(&key_a, "a")).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "key a never became valid");
+    assert_eq!(
+        call(rs256(&key_b, "b")).await,
+        401,
+        "key b is not published yet"
+    );
+
+    // The identity provider rotates to key b; the gateway keeps running.
+    *served.lock().expect("lock") = json!({ "keys": [jwk_b] }).to_string();
+    for _ in 0..100 {
+        status = call(rs256(&key_b, "b")).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "the rotated key was not picked up");
+    assert_eq!(
+        call(rs256(&key_a, "a")).await,
+        401,
+        "the withdrawn key still works"
+    );
+}

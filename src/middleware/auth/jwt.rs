@@ -504,9 +504,14 @@ async fn refresh(keys: Arc<Keys>, uri: Uri, period: Duration, gap: Duration) {
             }
         }
         keys.rounds.send_modify(|n| *n += 1);
+        // The next fetch: at the period, or on request but not within `gap` of this one, and
+        // never later than the period either way.
+        let due = started + period;
         tokio::select! {
-            () = tokio::time::sleep(period) => {}
-            () = keys.refetch.notified() => tokio::time::sleep_until(started + gap).await,
+            () = tokio::time::sleep_until(due) => {}
+            () = keys.refetch.notified() => {
+                tokio::time::sleep_until((started + gap).min(due)).await;
+            }
         }
     }
 }

@@ -91,6 +91,17 @@ pub struct UnaryReply {
     pub trailers: MetadataMap,
 }
 
+/// Runs one attempt, timed on `timer` (its outcome labels the upstream histogram).
+async fn timed<T>(
+    timer: &UpstreamTimer,
+    attempt: impl std::future::Future<Output = Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    let call = timer.start();
+    let outcome = attempt.await;
+    call.finish(&outcome);
+    outcome
+}
+
 /// Makes one unary call. The deadline is the caller's: wrap this in a timeout. Each attempt is
 /// timed on `timer` up to the trailers.
 pub async fn unary(
@@ -102,12 +113,7 @@ pub async fn unary(
 ) -> Result<UnaryReply, GatewayError> {
     on_some_address(backend, parts, |channel, request| {
         let path = path.clone();
-        async move {
-            let call = timer.start();
-            let reply = unary_on(channel, path, request, max_response_bytes).await;
-            call.finish(&reply);
-            reply
-        }
+        timed(timer, unary_on(channel, path, request, max_response_bytes))
     })
     .await
 }
@@ -233,12 +239,10 @@ pub async fn server_stream(
 ) -> Result<ServerStream, GatewayError> {
     on_some_address(backend, parts, |channel, request| {
         let path = path.clone();
-        async move {
-            let call = timer.start();
-            let opened = server_stream_on(channel, path, request, max_response_bytes).await;
-            call.finish(&opened);
-            opened
-        }
+        timed(
+            timer,
+            server_stream_on(channel, path, request, max_response_bytes),
+        )
     })
     .await
 }
@@ -279,18 +283,18 @@ pub async fn streaming(
     max_response_bytes: usize,
     timer: &UpstreamTimer,
 ) -> Result<ServerStream, GatewayError> {
-    let call = timer.start();
-    let opened = streaming_on(
-        backend,
-        path,
-        metadata,
-        timeout,
-        requests,
-        max_response_bytes,
+    timed(
+        timer,
+        streaming_on(
+            backend,
+            path,
+            metadata,
+            timeout,
+            requests,
+            max_response_bytes,
+        ),
     )
-    .await;
-    call.finish(&opened);
-    opened
+    .await
 }
 
 async fn streaming_on(

@@ -37,6 +37,8 @@ pub enum ErrorKind {
     NotAcceptable,
     /// A rate limit refused the request (429, whatever the status table says).
     RateLimited,
+    /// The request's headers are larger than the configured bound (431).
+    HeadersTooLarge,
     /// The backend answered with this non-OK gRPC status.
     Status(Code),
     /// The backend's answer broke the gRPC protocol (no status, undecodable message).
@@ -136,6 +138,7 @@ impl GatewayError {
             | ErrorKind::PayloadTooLarge
             | ErrorKind::RequestTimeout
             | ErrorKind::RateLimited
+            | ErrorKind::HeadersTooLarge
             | ErrorKind::UnsupportedMediaType
             | ErrorKind::NotAcceptable => ErrorSource::Client,
             ErrorKind::Status(_)
@@ -154,7 +157,7 @@ impl GatewayError {
             ErrorKind::InvalidRequest => Code::InvalidArgument,
             ErrorKind::PayloadTooLarge => Code::ResourceExhausted,
             ErrorKind::RequestTimeout => Code::DeadlineExceeded,
-            ErrorKind::RateLimited => Code::ResourceExhausted,
+            ErrorKind::RateLimited | ErrorKind::HeadersTooLarge => Code::ResourceExhausted,
             ErrorKind::UnsupportedMediaType | ErrorKind::NotAcceptable => Code::InvalidArgument,
             ErrorKind::Status(code) => *code,
             ErrorKind::BadGateway => Code::Internal,
@@ -182,6 +185,7 @@ impl GatewayError {
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
@@ -398,6 +402,7 @@ mod tests {
             (ErrorKind::PayloadTooLarge, WS_CLOSE_TOO_BIG),
             (ErrorKind::InvalidRequest, 4003),
             (ErrorKind::RateLimited, 4008),
+            (ErrorKind::HeadersTooLarge, 4008),
             (ErrorKind::Status(Code::NotFound), 4005),
             (ErrorKind::Unavailable, 4014),
             (ErrorKind::Timeout, 4004),

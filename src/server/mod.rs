@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -184,17 +184,13 @@ impl Front {
     fn headers_too_large(&self, size: usize) -> Response<Body> {
         let snapshot = self.store.load();
         let err = GatewayError::new(
-            ErrorKind::PayloadTooLarge,
+            ErrorKind::HeadersTooLarge,
             format!(
                 "request headers are {size} bytes, more than the {} allowed",
                 self.max_header_bytes
             ),
         );
-        // The error table has no kind for headers; the body says RESOURCE_EXHAUSTED as for a
-        // large body, and the status is the one HTTP has for this case.
-        let mut response = gateway::error_response(&snapshot, &err);
-        *response.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-        response
+        gateway::error_response(&snapshot, &err)
     }
 }
 
@@ -277,7 +273,7 @@ mod tests {
     #[tokio::test]
     async fn refusal_is_a_complete_http1_response() {
         let mut response = Response::new(Body::from("{\"code\":14}"));
-        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
         let text = String::from_utf8(http1_bytes(response).await).unwrap();
         assert!(
             text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),

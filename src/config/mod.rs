@@ -691,6 +691,14 @@ fn merge_json(
             "{key}.unknown_fields: {other:?} is not one of \"ignore\", \"reject\""
         )),
     }
+    match raw.other_content_types.as_deref() {
+        None => {}
+        Some("reject") => base.other_content_types_as_json = false,
+        Some("json") => base.other_content_types_as_json = true,
+        Some(other) => problems.push(format!(
+            "{key}.other_content_types: {other:?} is not one of \"reject\", \"json\""
+        )),
+    }
     base
 }
 

@@ -89,6 +89,7 @@ pub(crate) struct RawJson {
     pub enums_as_numbers: Option<bool>,
     pub unknown_fields: Option<String>,
     pub pretty: Option<bool>,
+    pub other_content_types: Option<String>,
 }
 
 /// `[query]`.

@@ -21,6 +21,9 @@ pub struct JsonOptions {
     pub reject_unknown_fields: bool,
     /// Indent the output.
     pub pretty: bool,
+    /// Read a body whose Content-Type names no supported format as JSON, as grpc-gateway does,
+    /// instead of refusing it with 415.
+    pub other_content_types_as_json: bool,
 }
 
 impl Default for JsonOptions {
@@ -31,6 +34,7 @@ impl Default for JsonOptions {
             enums_as_numbers: false,
             reject_unknown_fields: false,
             pretty: false,
+            other_content_types_as_json: false,
         }
     }
 }

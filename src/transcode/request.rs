@@ -9,7 +9,7 @@ use super::bind::{self, BindOptions, FieldPath};
 use super::json::{self, JsonOptions};
 use super::negotiate::{self, Format};
 use super::xml;
-use crate::error::GatewayError;
+use crate::error::{ErrorKind, GatewayError};
 
 const HTTP_BODY: &str = "google.api.HttpBody";
 const FIELD_MASK: &str = "google.protobuf.FieldMask";
@@ -141,7 +141,15 @@ impl RequestPlan {
         let format = if self.raw_body || matches!(self.body, BodyRule::None) || body.is_empty() {
             Format::Json
         } else {
-            negotiate::request_format(content_type)?
+            match negotiate::request_format(content_type) {
+                Err(err)
+                    if err.kind() == &ErrorKind::UnsupportedMediaType
+                        && self.json.other_content_types_as_json =>
+                {
+                    Format::Json
+                }
+                other => other?,
+            }
         };
         // Nothing to bind on top: the client's encoding is sent as it came, once checked.
         if format == Format::Protobuf

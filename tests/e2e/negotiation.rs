@@ -409,3 +409,47 @@ async fn path_query_and_masks_bind_over_protobuf_bodies() {
         json!({"subfield": "x", "count": 3})
     );
 }
+
+#[tokio::test]
+async fn other_content_types_can_be_read_as_json_as_grpc_gateway_does() {
+    let gw = Gateway::mirror(
+        r#"
+        [json]
+        other_content_types = "json"
+        "#,
+    )
+    .await;
+    // curl -d sends a form type; grpc-gateway reads the body as JSON whatever it says.
+    for content_type in ["application/x-www-form-urlencoded", "text/plain"] {
+        let reply = gw
+            .exchange(
+                "POST",
+                "/v1/types",
+                &[("content-type", content_type)],
+                r#"{"s": "v"}"#,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{content_type}: {}", reply.text());
+        assert_eq!(reply.json()["s"], "v");
+    }
+    // The formats the gateway knows keep their meaning.
+    let xml = gw
+        .exchange(
+            "POST",
+            "/v1/types",
+            &[("content-type", "application/xml")],
+            "<AllTypes><s>x</s></AllTypes>",
+        )
+        .await;
+    assert_eq!(xml.json()["s"], "x", "{}", xml.text());
+    // Not JSON after all: a 400 for the body, not a 415.
+    let bad = gw
+        .exchange(
+            "POST",
+            "/v1/types",
+            &[("content-type", "text/plain")],
+            "s=v",
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+}

@@ -363,6 +363,7 @@ fn bind_uploads(config: &Arc<Config>, uploads: &Uploads) -> Result<Arc<Config>, 
                         addresses: vec![uri.clone()],
                         timeout: None,
                         connect_timeout: Duration::from_secs(5),
+                        connections: 1,
                     },
                 );
             }

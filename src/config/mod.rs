@@ -130,6 +130,8 @@ pub struct Backend {
     pub timeout: Option<Duration>,
     /// How long a connection attempt may take.
     pub connect_timeout: Duration,
+    /// HTTP/2 connections kept to each address; calls are spread over them.
+    pub connections: usize,
 }
 
 /// Which backend serves a service, or every service of a package.
@@ -349,6 +351,15 @@ impl Config {
                     addresses,
                     timeout,
                     connect_timeout,
+                    connections: match backend.connections {
+                        Some(n) if n > MAX_CONNECTIONS_PER_ADDRESS => {
+                            problems.push(format!(
+                                "{key}.connections: at most {MAX_CONNECTIONS_PER_ADDRESS}"
+                            ));
+                            1
+                        }
+                        n => size(n, 1, &format!("{key}.connections"), &mut problems),
+                    },
                 },
             );
         }
@@ -610,6 +621,7 @@ impl Config {
                 addresses: vec![uri],
                 timeout: None,
                 connect_timeout: Duration::from_secs(5),
+                connections: 1,
             },
         );
         self.default_backend = Some(name);
@@ -641,6 +653,9 @@ fn duration(
         },
     }
 }
+
+/// More connections per address than this buys nothing but memory.
+const MAX_CONNECTIONS_PER_ADDRESS: u64 = 64;
 
 fn size(value: Option<u64>, default: usize, key: &str, problems: &mut Vec<String>) -> usize {
     match value {

@@ -126,6 +126,7 @@ pub(crate) struct RawBackend {
     pub addresses: Vec<String>,
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
+    pub connections: Option<u64>,
     pub reflect: Option<bool>,
 }
 

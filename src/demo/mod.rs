@@ -145,6 +145,7 @@ pub fn shop_config(addrs: &ShopAddrs, mut config: Config) -> Config {
                     addresses: vec![uri],
                     timeout: None,
                     connect_timeout: std::time::Duration::from_secs(2),
+                    connections: 1,
                 },
             );
         }

@@ -13,12 +13,26 @@ use crate::config::{Backend, BackendName, Config};
 /// How long an address that refused a connection is passed over.
 const DOWN_FOR: Duration = Duration::from_secs(2);
 
-/// One address of a backend.
+/// One address of a backend: its connections, used in turn.
 #[derive(Debug)]
 struct Address {
-    channel: Channel,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
     /// Milliseconds since `BackendChannel::epoch` until which the address is passed over.
     down_until_ms: AtomicU64,
+}
+
+impl Address {
+    /// The next of its connections.
+    fn channel(&self) -> &Channel {
+        let n = self.channels.len();
+        let i = if n > 1 {
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        } else {
+            0
+        };
+        &self.channels[i]
+    }
 }
 
 /// A backend's connections with the definition they were made from.
@@ -39,10 +53,17 @@ impl BackendChannel {
             .addresses
             .iter()
             .map(|uri| Address {
-                channel: Endpoint::from(uri.clone())
-                    .connect_timeout(definition.connect_timeout)
-                    .tcp_nodelay(true)
-                    .connect_lazy(),
+                // Each lazy channel makes its own HTTP/2 connection: more than one lifts a
+                // backend's limit on concurrent streams per connection.
+                channels: (0..definition.connections.max(1))
+                    .map(|_| {
+                        Endpoint::from(uri.clone())
+                            .connect_timeout(definition.connect_timeout)
+                            .tcp_nodelay(true)
+                            .connect_lazy()
+                    })
+                    .collect(),
+                next: AtomicUsize::new(0),
                 down_until_ms: AtomicU64::new(0),
             })
             .collect();
@@ -81,7 +102,7 @@ impl BackendChannel {
             .filter(move |&i| self.addresses[i].down_until_ms.load(Ordering::Relaxed) <= now);
         let down =
             order.filter(move |&i| self.addresses[i].down_until_ms.load(Ordering::Relaxed) > now);
-        up.chain(down).map(|i| (i, &self.addresses[i].channel))
+        up.chain(down).map(|i| (i, self.addresses[i].channel()))
     }
 
     /// Passes over address `i` for a while: it refused a connection.
@@ -124,5 +145,49 @@ impl Backends {
     /// The backend called `name`.
     pub fn get(&self, name: &BackendName) -> Option<&Arc<BackendChannel>> {
         self.by_name.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn calls_take_an_address_s_connections_in_turn() {
+        let config = Config::from_toml(
+            r#"
+            [backends.pooled]
+            addresses = ["http://127.0.0.1:9", "http://127.0.0.1:10"]
+            connections = 3
+            "#,
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let backends = Backends::build(&config, None);
+        let backend = backends.get(&BackendName::new("pooled")).unwrap();
+        assert_eq!(backend.len(), 2);
+        assert!(backend.addresses.iter().all(|a| a.channels.len() == 3));
+        // Each address hands out its connections round-robin.
+        let address = &backend.addresses[0];
+        let picks: Vec<*const Channel> = (0..6)
+            .map(|_| address.channel() as *const Channel)
+            .collect();
+        assert_eq!(picks[0], picks[3]);
+        assert_ne!(picks[0], picks[1]);
+        assert_ne!(picks[1], picks[2]);
+    }
+
+    #[test]
+    fn connection_counts_are_checked() {
+        for (value, problem) in [("0", "must be greater than 0"), ("65", "at most 64")] {
+            let err = Config::from_toml(
+                &format!(
+                    "[backends.b]\naddresses = [\"http://127.0.0.1:9\"]\nconnections = {value}"
+                ),
+                std::path::Path::new("."),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains(problem), "{value}: {err}");
+        }
     }
 }

@@ -163,19 +163,18 @@ async fn call(
     if let Some(uri) = snapshot.edge.without_credentials(&parts.uri) {
         parts.uri = uri;
     }
-    let timeout = deadline(&parts.headers, route.timeout)?;
     // Streams may outlive the route's timeout, which bounds only the wait for their headers;
     // a deadline the client sets bounds the whole stream.
-    let stream_deadline = client_deadline(&parts.headers)?;
+    let (timeout, stream_deadline) = deadline(&parts.headers, route.timeout)?;
+    let mut metadata = upstream::request_metadata(
+        &parts.headers,
+        parts.uri.authority().map(|a| a.as_str()),
+        remote,
+        &config.forward_headers,
+    );
+    snapshot.edge.forward(pass, &mut metadata);
     if matches!(route.kind, CallKind::ClientStreaming | CallKind::Bidi) {
         // The body is read as a stream of messages, never collected.
-        let mut metadata = upstream::request_metadata(
-            &parts.headers,
-            parts.uri.authority().map(|a| a.as_str()),
-            remote,
-            &config.forward_headers,
-        );
-        snapshot.edge.forward(pass, &mut metadata);
         let call = stream::StreamCall {
             query: parts.uri.query().map(str::to_owned),
             headers: parts.headers,
@@ -199,15 +198,7 @@ async fn call(
         _ => accepted.clone()?,
     };
     // Before the body is read: a call that cannot be made should not wait for it.
-    let backend = route.backend.as_ref().ok_or_else(|| {
-        GatewayError::new(
-            ErrorKind::Unavailable,
-            format!(
-                "no backend is configured for {}",
-                route.method.parent_service().full_name()
-            ),
-        )
-    })?;
+    let backend = route.require_backend()?;
     // A client that trickles its body must not hold a buffer for ever: the deadline covers it.
     let body = tokio::time::timeout(timeout, read_body(body, config.max_body_bytes))
         .await
@@ -228,13 +219,6 @@ async fn call(
         content_type,
         &body,
     )?);
-    let mut metadata = upstream::request_metadata(
-        &parts.headers,
-        parts.uri.authority().map(|a| a.as_str()),
-        remote,
-        &config.forward_headers,
-    );
-    snapshot.edge.forward(pass, &mut metadata);
     let parts = upstream::CallParts {
         metadata,
         message,
@@ -319,9 +303,14 @@ fn deadline_exceeded(timeout: Duration) -> GatewayError {
     )
 }
 
-/// The call's deadline: the client's `grpc-timeout` or `X-Request-Timeout`, capped by the route's.
-fn deadline(headers: &HeaderMap, route: Duration) -> Result<Duration, GatewayError> {
-    Ok(client_deadline(headers)?.map_or(route, |c| c.min(route)))
+/// The call's deadline (the client's `grpc-timeout` or `X-Request-Timeout`, capped by the
+/// route's), and the client's own, read once.
+fn deadline(
+    headers: &HeaderMap,
+    route: Duration,
+) -> Result<(Duration, Option<Duration>), GatewayError> {
+    let client = client_deadline(headers)?;
+    Ok((client.map_or(route, |c| c.min(route)), client))
 }
 
 /// The deadline the client asked for with `grpc-timeout` or `X-Request-Timeout`, if any.
@@ -415,6 +404,7 @@ pub fn error_response_in(
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     #[test]
@@ -441,12 +431,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-request-timeout", HeaderValue::from_static("0.5"));
         assert_eq!(
-            deadline(&h, Duration::from_secs(10)).unwrap(),
+            deadline(&h, Duration::from_secs(10)).unwrap().0,
             Duration::from_millis(500)
         );
         h.insert("x-request-timeout", HeaderValue::from_static("1m"));
         assert_eq!(
-            deadline(&h, Duration::from_secs(10)).unwrap(),
+            deadline(&h, Duration::from_secs(10)).unwrap().0,
             Duration::from_secs(10)
         );
         h.insert("x-request-timeout", HeaderValue::from_static("soon"));

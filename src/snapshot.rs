@@ -71,6 +71,21 @@ pub struct Route {
     pub policy: Arc<Policy>,
 }
 
+impl Route {
+    /// The backend serving the route, or the 503 that says none is configured for its service.
+    pub fn require_backend(&self) -> Result<&Arc<BackendChannel>, crate::error::GatewayError> {
+        self.backend.as_ref().ok_or_else(|| {
+            crate::error::GatewayError::new(
+                crate::error::ErrorKind::Unavailable,
+                format!(
+                    "no backend is configured for {}",
+                    self.method.parent_service().full_name()
+                ),
+            )
+        })
+    }
+}
+
 /// A problem that stops a snapshot from being built; the running one stays.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -523,6 +538,7 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use std::time::SystemTime;
 
     use super::*;

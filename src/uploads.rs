@@ -231,6 +231,7 @@ impl FromIterator<UploadedSet> for Uploads {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     #[test]

@@ -310,19 +310,7 @@ async fn upload_set(
     };
     let set = live::uploaded(name, bytes, binding).map_err(AdminError::from)?;
     let (outcome, replaced) = admin.live.put(set.clone()).await?;
-    let status = if replaced {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    json(
-        status,
-        &SetChanged {
-            set: SetInfo::of(&set),
-            replaced,
-            outcome,
-        },
-    )
+    set_changed(&set, replaced, outcome)
 }
 
 enum Format {
@@ -496,19 +484,7 @@ async fn reflect(State(admin): State<Arc<Admin>>, uri: Uri) -> Response<Body> {
             })?,
         };
         let (set, outcome, replaced) = admin.live.reflect(&BackendName::new(backend), name).await?;
-        let status = if replaced {
-            StatusCode::OK
-        } else {
-            StatusCode::CREATED
-        };
-        json(
-            status,
-            &SetChanged {
-                set: SetInfo::of(&set),
-                replaced,
-                outcome,
-            },
-        )
+        set_changed(&set, replaced, outcome)
     };
     finish(reply.await)
 }
@@ -571,8 +547,26 @@ impl Query {
     }
 }
 
+/// The answer to a set put in place: 201 when new, 200 when it replaced one, with the changes.
+fn set_changed(set: &UploadedSet, replaced: bool, outcome: Outcome) -> Reply {
+    let status = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    json(
+        status,
+        &SetChanged {
+            set: SetInfo::of(set),
+            replaced,
+            outcome,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     #[test]

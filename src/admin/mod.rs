@@ -99,6 +99,7 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     #[test]

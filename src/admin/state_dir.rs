@@ -323,6 +323,7 @@ pub(super) fn format_time(time: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
     use prost::Message;
 

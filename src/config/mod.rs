@@ -782,6 +782,7 @@ fn ws_duration(
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     #[test]

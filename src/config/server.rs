@@ -140,6 +140,7 @@ fn endpoint_path(
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use std::path::Path;
 
     use crate::config::Config;

@@ -548,6 +548,7 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     fn set_with(name: &str, package: &str, message: &str) -> Vec<u8> {

@@ -293,6 +293,7 @@ fn parse_node(text: &str) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use http::HeaderValue;
 
     use super::*;

@@ -340,6 +340,7 @@ fn header_names(
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     fn cors_with(edit: impl FnOnce(&mut RawCors)) -> Cors {

@@ -153,6 +153,7 @@ impl HeaderRules {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     fn raw(add: &[(&str, &str)], set: &[(&str, &str)], remove: &[&str]) -> RawHeaderRules {

@@ -332,10 +332,10 @@ impl Edge {
     /// when it has none: they must not bind into a message that happens to have such a field.
     pub fn without_credentials(&self, uri: &http::Uri) -> Option<http::Uri> {
         let query = uri.query()?;
-        let names: Vec<&str> = self.auth.settings().credential_params().collect();
+        let settings = self.auth.settings();
         let is_credential = |pair: &&str| {
             let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            names.contains(&key)
+            settings.credential_params().any(|name| name == key)
         };
         if !query.split('&').any(|pair| is_credential(&pair)) {
             return None;

@@ -157,6 +157,7 @@ fn is_unreserved(b: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     #[test]

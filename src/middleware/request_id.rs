@@ -106,6 +106,7 @@ fn seed() -> (u64, u64) {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use std::collections::HashSet;
 
     use super::*;

@@ -600,6 +600,7 @@ fn find_encoded_slash(s: &str) -> Option<usize> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     /// What a request should produce: route value and bindings, a 405 Allow list, or a 404.

@@ -436,6 +436,7 @@ impl<'s> Parser<'s> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     use Segment::{Multi, Single};

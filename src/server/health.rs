@@ -173,6 +173,7 @@ async fn connects(uri: &http::Uri) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     #[tokio::test]

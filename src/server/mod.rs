@@ -259,6 +259,7 @@ async fn http1_bytes(response: Response<Body>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     #[test]

@@ -150,6 +150,7 @@ fn wrap(prefix: &[u8], body: &[u8], suffix: &[u8]) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     fn accept(value: &str) -> Framing {

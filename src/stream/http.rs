@@ -402,15 +402,7 @@ pub async fn serve(
     streams: &super::Streams,
     timer: &crate::telemetry::UpstreamTimer,
 ) -> Result<Response<Body>, GatewayError> {
-    let backend = route.backend.clone().ok_or_else(|| {
-        GatewayError::new(
-            ErrorKind::Unavailable,
-            format!(
-                "no backend is configured for {}",
-                route.method.parent_service().full_name()
-            ),
-        )
-    })?;
+    let backend = route.require_backend()?.clone();
     let guard = streams.open();
     let framing = Framing::for_route(&call.headers, &snapshot.config, &route);
     let content_type = call

@@ -129,6 +129,7 @@ impl JsonSplitter {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     fn split(chunks: &[&str], limit: usize) -> Result<Vec<String>, SplitError> {

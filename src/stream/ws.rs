@@ -183,12 +183,7 @@ pub fn upgrade(
                 None,
             )
         })?;
-    let credential_params: Vec<&str> = snapshot
-        .edge
-        .auth()
-        .settings()
-        .credential_params()
-        .collect();
+    let auth = snapshot.edge.auth().settings();
     let query: Vec<(String, String)> = request
         .uri()
         .query()
@@ -197,7 +192,7 @@ pub fn upgrade(
                 .filter(|(k, _)| {
                     k != "method"
                         && metadata_param(k).is_none()
-                        && !credential_params.iter().any(|c| c == k)
+                        && !auth.credential_params().any(|c| c == k)
                 })
                 .collect::<Vec<_>>()
         })
@@ -225,12 +220,7 @@ pub fn upgrade(
         )
         .map_err(fail)?;
     let headers = request.headers();
-    let backend = route.backend.clone().ok_or_else(|| {
-        fail(GatewayError::new(
-            ErrorKind::Unavailable,
-            "no backend is configured for this service",
-        ))
-    })?;
+    let backend = route.require_backend().map_err(&fail)?.clone();
     let Some(socket) = streams.try_open_socket(limits.max_streams) else {
         return Err(fail(GatewayError::new(
             ErrorKind::Status(tonic::Code::ResourceExhausted),
@@ -693,6 +683,7 @@ fn text_message(bytes: Vec<u8>) -> Message {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

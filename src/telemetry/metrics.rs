@@ -419,6 +419,7 @@ impl Collector for StreamGauges {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     fn metrics() -> (Metrics, Arc<StreamStats>) {

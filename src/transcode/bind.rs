@@ -960,6 +960,7 @@ pub(super) fn mask_path(path: &str) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use std::sync::OnceLock;
 
     use prost_reflect::DescriptorPool;

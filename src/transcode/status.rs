@@ -104,6 +104,7 @@ fn detail_json(pool: &DescriptorPool, any: &prost_types::Any) -> Option<Vec<u8>>
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
     use crate::error::ErrorKind;
 

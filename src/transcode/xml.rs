@@ -1243,6 +1243,7 @@ fn set_text_form(msg: &mut DynamicMessage, form: Form, text: &str) -> Result<(),
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use std::path::PathBuf;
     use std::sync::OnceLock;
 

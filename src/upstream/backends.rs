@@ -150,6 +150,7 @@ impl Backends {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     #[tokio::test]

@@ -178,6 +178,7 @@ pub fn response_headers(md: &MetadataMap, prefix: &str, out: &mut HeaderMap) {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -116,6 +116,7 @@ pub fn sha256_hex(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     fn raw(name: &str, key: &str) -> RawApiKey {

@@ -158,6 +158,7 @@ pub(crate) async fn fetch(client: &JwksClient, uri: &Uri) -> Result<Vec<KeySpec>
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use serde_json::json;
 
     use super::*;

@@ -518,6 +518,7 @@ async fn refresh(keys: Arc<Keys>, uri: Uri, period: Duration, gap: Duration) {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use std::time::Instant;
 
     use http::StatusCode;

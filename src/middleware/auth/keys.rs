@@ -124,6 +124,7 @@ pub(crate) fn configured_algorithm(name: &str) -> Option<Algorithm> {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {

@@ -171,6 +171,7 @@ fn element(input: &[u8], tag: u8) -> Result<(&[u8], &[u8]), PemError> {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
     use crate::middleware::auth::testkit::fixture_path;
 

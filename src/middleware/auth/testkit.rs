@@ -1,4 +1,7 @@
 //! Test keys from `tests/fixtures/jwt`, token signing, and a loopback JWKS server.
+//!
+//! Test-only (`#[cfg(test)] mod testkit`): unwraps here are on fixtures the tests own, so a
+//! failure fails the test.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

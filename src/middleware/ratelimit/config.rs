@@ -343,6 +343,7 @@ pub(crate) fn parse_store(raw: &RawStore, problems: &mut Vec<String>) -> StoreSe
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     #[derive(Debug, Deserialize)]

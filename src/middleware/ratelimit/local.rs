@@ -312,6 +312,7 @@ impl<C: Clock + Clone + Send + Sync + 'static> RateStore for LocalStore<C> {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use std::net::{IpAddr, Ipv4Addr};
 
     use governor::clock::FakeRelativeClock;

@@ -154,6 +154,7 @@ pub fn denial_error(quota: &Quota, value: &BucketValue<'_>, decision: &Decision)
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
 
     fn decision(allowed: bool, remaining: u32, reset_ms: u64, retry_ms: Option<u64>) -> Decision {

@@ -196,6 +196,7 @@ impl RateLimits {
 
 #[cfg(test)]
 mod tests {
+    // Unwraps here are assertions on test data: a failure fails the test.
     use std::time::Duration;
 
     use governor::clock::FakeRelativeClock;

@@ -30,7 +30,10 @@ pub struct BenchOptions {
     pub max_requests: usize,
     /// Idle WebSockets to hold open for the memory figure (0 skips it).
     pub ws_idle: usize,
-    /// Worker threads of the gateway process; None: tokio's default, one per core.
+    /// Times every scenario runs at each concurrency, each time right after direct gRPC; the
+    /// report gives medians.
+    pub rounds: usize,
+    /// Request worker threads of the gateway process; None: its default, one per core.
     pub gateway_workers: Option<usize>,
 }
 
@@ -92,106 +95,80 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
     .map_err(|e| format!("{e}"))?;
 
     for &concurrency in &options.concurrency {
-        let direct = {
-            let grpc = grpc.clone();
-            drive("a) gRPC direct", concurrency, &options, None, move || {
-                let mut client = grpc.clone();
-                async move { client.echo(small()).await.is_ok() }
-            })
-            .await
-        };
-        let post = {
-            let (http, uri, body) = (http.clone(), post_uri.clone(), small_json.clone());
-            drive(
-                "b) REST POST JSON",
-                concurrency,
-                &options,
-                Some(&mut gateway),
-                move || send(http.clone(), http::Method::POST, uri.clone(), body.clone()),
-            )
-            .await
-        };
-        let get = {
-            let (http, uri) = (http.clone(), get_uri.clone());
-            drive(
-                "c) REST GET path+query",
-                concurrency,
-                &options,
-                Some(&mut gateway),
-                move || send(http.clone(), http::Method::GET, uri.clone(), Bytes::new()),
-            )
-            .await
-        };
-        let post_edge = {
-            let (http, body) = (http.clone(), small_json.clone());
-            let uri: http::Uri = format!("http://{}/v1/echo", edged.addr)
-                .parse()
-                .map_err(|e| format!("{e}"))?;
-            drive(
-                "f) POST + full edge",
-                concurrency,
-                &options,
-                Some(&mut edged),
-                move || {
-                    send_with(
-                        http.clone(),
-                        http::Method::POST,
-                        uri.clone(),
-                        body.clone(),
-                        EDGE_HEADERS,
-                    )
-                },
-            )
-            .await
-        };
-        // The same GETs while the admin API swaps a 1,000-service set in every SWAP_EVERY.
-        let swapping = Swapper::start(http.clone(), gateway.admin, swap_set.clone());
-        let during = {
-            let (http, uri) = (http.clone(), get_uri.clone());
-            drive(
-                "e) GET during swaps",
-                concurrency,
-                &options,
-                Some(&mut gateway),
-                move || send(http.clone(), http::Method::GET, uri.clone(), Bytes::new()),
-            )
-            .await
-        };
-        let swaps = swapping.stop().await;
-        out.push_str(&format!("\nconcurrency {concurrency}\n"));
-        out.push_str(&format!(
-            "{:<24} {:>10} {:>8} {:>9} {:>9} {:>9} {:>12} {:>10} {:>12}\n",
-            "scenario",
-            "req/s",
-            "errors",
-            "p50 µs",
-            "p99 µs",
-            "p99.9 µs",
-            "gw CPU µs/req",
-            "rps ratio",
-            "+p50 µs"
-        ));
-        for f in [&direct, &post, &get, &during, &post_edge] {
-            let ratio = f.rps / direct.rps.max(f64::MIN_POSITIVE);
-            let added = f.latency_us[0] as i64 - direct.latency_us[0] as i64;
-            out.push_str(&format!(
-                "{:<24} {:>10.0} {:>8} {:>9} {:>9} {:>9} {:>12} {:>10.2} {:>12}\n",
-                f.name,
-                f.rps,
-                f.errors,
-                f.latency_us[0],
-                f.latency_us[1],
-                f.latency_us[2],
-                f.gateway_cpu_us
-                    .map_or("-".to_owned(), |c| format!("{c:.1}")),
-                ratio,
-                if f.gateway_cpu_us.is_some() {
-                    added.to_string()
-                } else {
-                    "-".to_owned()
-                },
-            ));
+        let mut rounds = Vec::with_capacity(options.rounds.max(1));
+        let mut swaps = Swaps(Vec::new());
+        for _ in 0..options.rounds.max(1) {
+            let direct = {
+                let grpc = grpc.clone();
+                drive("a) gRPC direct", concurrency, &options, None, move || {
+                    let mut client = grpc.clone();
+                    async move { client.echo(small()).await.is_ok() }
+                })
+                .await
+            };
+            let post = {
+                let (http, uri, body) = (http.clone(), post_uri.clone(), small_json.clone());
+                drive(
+                    "b) REST POST JSON",
+                    concurrency,
+                    &options,
+                    Some(&mut gateway),
+                    move || send(http.clone(), http::Method::POST, uri.clone(), body.clone()),
+                )
+                .await
+            };
+            let get = {
+                let (http, uri) = (http.clone(), get_uri.clone());
+                drive(
+                    "c) REST GET path+query",
+                    concurrency,
+                    &options,
+                    Some(&mut gateway),
+                    move || send(http.clone(), http::Method::GET, uri.clone(), Bytes::new()),
+                )
+                .await
+            };
+            let post_edge = {
+                let (http, body) = (http.clone(), small_json.clone());
+                let uri: http::Uri = format!("http://{}/v1/echo", edged.addr)
+                    .parse()
+                    .map_err(|e| format!("{e}"))?;
+                drive(
+                    "f) POST + full edge",
+                    concurrency,
+                    &options,
+                    Some(&mut edged),
+                    move || {
+                        send_with(
+                            http.clone(),
+                            http::Method::POST,
+                            uri.clone(),
+                            body.clone(),
+                            EDGE_HEADERS,
+                        )
+                    },
+                )
+                .await
+            };
+            // The same GETs while the admin API swaps a 1,000-service set in every SWAP_EVERY.
+            let swapping = Swapper::start(http.clone(), gateway.admin, swap_set.clone());
+            let during = {
+                let (http, uri) = (http.clone(), get_uri.clone());
+                drive(
+                    "e) GET during swaps",
+                    concurrency,
+                    &options,
+                    Some(&mut gateway),
+                    move || send(http.clone(), http::Method::GET, uri.clone(), Bytes::new()),
+                )
+                .await
+            };
+            let swapped = swapping.stop().await;
+            swaps.0.extend(swapped.0);
+            rounds.push(vec![direct, post, get, during, post_edge]);
         }
+        out.push_str(&format!("\nconcurrency {concurrency}\n"));
+        out.push_str(&table(&rounds));
         out.push_str(&swaps.describe());
     }
     out.push_str(&bidi_scenario(&grpc, gateway.addr, &options).await);
@@ -205,6 +182,88 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
     gateway.stop().await;
     edged.stop().await;
     Ok(out)
+}
+
+/// The figures of every scenario as a table: with several rounds, each column is the median over
+/// the rounds, and the ratio to (a) is the median of each round's own ratio, with its range, so a
+/// change in the machine's load between rounds does not skew it.
+fn table(rounds: &[Vec<Figures>]) -> String {
+    let mut out = format!(
+        "{:<24} {:>10} {:>8} {:>9} {:>9} {:>9} {:>12} {:>10} {:>12}{}\n",
+        "scenario",
+        "req/s",
+        "errors",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "gw CPU µs/req",
+        "rps ratio",
+        "+p50 µs",
+        if rounds.len() > 1 { "  ratio range" } else { "" },
+    );
+    let Some(first) = rounds.first() else {
+        return out;
+    };
+    for (i, f) in first.iter().enumerate() {
+        let all: Vec<&Figures> = rounds.iter().filter_map(|r| r.get(i)).collect();
+        let direct: Vec<&Figures> = rounds.iter().filter_map(|r| r.first()).collect();
+        let ratios = median_and_range(
+            all.iter()
+                .zip(&direct)
+                .map(|(f, d)| f.rps / d.rps.max(f64::MIN_POSITIVE)),
+        );
+        let added = median_and_range(
+            all.iter()
+                .zip(&direct)
+                .map(|(f, d)| f.latency_us[0] as f64 - d.latency_us[0] as f64),
+        );
+        let rps = median_and_range(all.iter().map(|f| f.rps));
+        let errors: usize = all.iter().map(|f| f.errors).sum();
+        let latency = |k: usize| median_and_range(all.iter().map(|f| f.latency_us[k] as f64)).0;
+        let cpu = f.gateway_cpu_us.map(|_| {
+            median_and_range(all.iter().filter_map(|f| f.gateway_cpu_us)).0
+        });
+        out.push_str(&format!(
+            "{:<24} {:>10.0} {:>8} {:>9.0} {:>9.0} {:>9.0} {:>12} {:>10.2} {:>12}{}\n",
+            f.name,
+            rps.0,
+            errors,
+            latency(0),
+            latency(1),
+            latency(2),
+            cpu.map_or("-".to_owned(), |c| format!("{c:.1}")),
+            ratios.0,
+            if cpu.is_some() {
+                format!("{:.0}", added.0)
+            } else {
+                "-".to_owned()
+            },
+            if rounds.len() > 1 {
+                format!("  {:.2}–{:.2}", ratios.1, ratios.2)
+            } else {
+                String::new()
+            },
+        ));
+    }
+    out
+}
+
+/// The median, minimum and maximum of some figures (zeros when there are none).
+fn median_and_range(values: impl Iterator<Item = f64>) -> (f64, f64, f64) {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_unstable_by(f64::total_cmp);
+    match (values.first(), values.last()) {
+        (Some(&min), Some(&max)) => {
+            let n = values.len();
+            let median = if n % 2 == 1 {
+                values[n / 2]
+            } else {
+                (values[n / 2 - 1] + values[n / 2]) / 2.0
+            };
+            (median, min, max)
+        }
+        _ => (0.0, 0.0, 0.0),
+    }
 }
 
 /// The API key scenario f presents.
@@ -512,7 +571,7 @@ impl GatewayProcess {
         let mut command = Command::new(exe);
         command.arg("serve");
         if let Some(workers) = workers {
-            command.env("TOKIO_WORKER_THREADS", workers.to_string());
+            command.arg("--workers").arg(workers.to_string());
         }
         if let Some(config) = config {
             let path = dir.path.join("protogate.toml");

@@ -65,10 +65,14 @@ enum Command {
         /// Idle WebSockets held open to measure memory per socket (0 skips it).
         #[arg(long, default_value_t = 1_000)]
         ws_idle: usize,
-        /// Worker threads of the gateway process (its TOKIO_WORKER_THREADS); default: one per
-        /// core.
+        /// Request worker threads of the gateway process (its `--workers`); default: one per
+        /// core, 0: the shared multi-threaded runtime.
         #[arg(long)]
         gateway_workers: Option<usize>,
+        /// Runs of the scenario sequence at each concurrency; the report gives the medians, and
+        /// each ratio is taken within its own run (several damp a noisy machine).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     /// Start the bundled example shop services and the gateway in front of them.
     Demo {
@@ -112,6 +116,10 @@ struct Inputs {
     /// in memory only).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Request worker threads (overrides `server.workers`; default one per core; 0 serves on the
+    /// shared multi-threaded runtime).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 impl Inputs {
@@ -141,6 +149,9 @@ impl Inputs {
         }
         if let Some(dir) = &self.state_dir {
             config.admin.state_dir = Some(dir.clone());
+        }
+        if let Some(workers) = self.workers {
+            config.server.workers = workers;
         }
         Ok(config)
     }
@@ -209,14 +220,16 @@ async fn run(command: Command) -> Result<(), String> {
             max_requests,
             ws_idle,
             gateway_workers,
+            rounds,
         } => {
             let valid = |s: f64| s.is_finite() && (0.0..=600.0).contains(&s);
             if !valid(seconds)
                 || !valid(warmup)
                 || concurrency.iter().any(|&c| c == 0 || c > 10_000)
+                || !(1..=100).contains(&rounds)
             {
                 return Err(
-                    "--seconds and --warmup take 0 to 600, --concurrency 1 to 10000".into(),
+                    "--seconds and --warmup take 0 to 600, --concurrency 1 to 10000, --rounds 1 to 100".into(),
                 );
             }
             let report = protogate::bench::run(protogate::bench::BenchOptions {
@@ -226,6 +239,7 @@ async fn run(command: Command) -> Result<(), String> {
                 max_requests,
                 ws_idle,
                 gateway_workers,
+                rounds,
             })
             .await?;
             print!("{report}");

@@ -67,6 +67,7 @@ pub(crate) struct RawServer {
     pub compression_min_bytes: Option<u64>,
     pub health_path: Option<String>,
     pub ready_path: Option<String>,
+    pub workers: Option<u64>,
 }
 
 /// `[websocket]`.

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use super::raw::RawServer;
 
+/// More request threads than this is a mistake, not a setting.
+const MAX_WORKERS: u64 = 1024;
+
 /// The public listener's settings, read once when it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -25,6 +28,9 @@ pub struct ServerConfig {
     pub health_path: Option<String>,
     /// The readiness path, answered before routing; None when disabled.
     pub ready_path: Option<String>,
+    /// Request worker threads, each a single-threaded runtime serving whole connections; 0
+    /// serves connections on the process's shared multi-threaded runtime instead.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +44,7 @@ impl Default for ServerConfig {
             compression_min_bytes: 1024,
             health_path: Some("/healthz".to_owned()),
             ready_path: Some("/readyz".to_owned()),
+            workers: crate::server::workers::default_count(),
         }
     }
 }
@@ -112,6 +119,16 @@ impl ServerConfig {
                 "ready_path",
                 problems,
             ),
+            workers: match raw.workers {
+                None => defaults.workers,
+                Some(n) if n <= MAX_WORKERS => n as usize,
+                Some(n) => {
+                    problems.push(format!(
+                        "server.workers: {n} is more than the {MAX_WORKERS} allowed"
+                    ));
+                    defaults.workers
+                }
+            },
         }
     }
 }
@@ -174,6 +191,7 @@ mod tests {
             compression_min_bytes = 0
             health_path = "/live"
             ready_path = ""
+            workers = 3
             "#,
             Path::new("."),
         )
@@ -189,6 +207,7 @@ mod tests {
                 compression_min_bytes: 0,
                 health_path: Some("/live".to_owned()),
                 ready_path: None,
+                workers: 3,
             }
         );
     }
@@ -204,6 +223,7 @@ mod tests {
             http2_max_concurrent_streams = 5000000000
             health_path = "healthz"
             ready_path = "/ready?x"
+            workers = 5000
             "#,
             Path::new("."),
         )
@@ -216,6 +236,7 @@ mod tests {
             "server.http2_max_concurrent_streams",
             "server.health_path",
             "server.ready_path",
+            "server.workers",
         ] {
             assert!(text.contains(key), "{key} missing from {text}");
         }

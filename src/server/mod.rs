@@ -3,6 +3,7 @@
 
 mod compression;
 mod health;
+pub mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,6 +29,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::gateway;
 use crate::snapshot::SnapshotStore;
 use health::Health;
+use workers::Workers;
 
 /// Room above `max_header_bytes` for what our count leaves out (request line, `: ` and CRLF per
 /// header, HPACK's 32 bytes per entry), so hyper's own limit is only reached far past ours.
@@ -45,6 +47,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let config = store.load().config.server.clone();
+    // Connections go to the worker threads, or stay on the caller's runtime with `workers = 0`.
+    let workers = match config.workers {
+        0 => None,
+        n => Some(Workers::start(n)?),
+    };
     let builder = Arc::new(connection_builder(&config));
     let front = Arc::new(Front {
         health: Health::new(&config),
@@ -87,7 +94,7 @@ pub async fn run(
         let watcher = graceful.watcher();
         let mut drain_started = drain_started.clone();
         let first_byte_within = config.header_read_timeout;
-        tokio::spawn(async move {
+        let serve = move |tcp: TcpStream| async move {
             // hyper's header timeout starts once it knows the protocol, which takes a first
             // byte: a client that sends nothing would otherwise hold its slot for ever.
             let mut first = [0u8; 1];
@@ -107,7 +114,22 @@ pub async fn run(
                 tracing::debug!(%remote, "connection ended: {e}");
             }
             drop(slot);
-        });
+        };
+        match &workers {
+            None => {
+                tokio::spawn(serve(tcp));
+            }
+            // The socket moves to the worker's own reactor.
+            Some(workers) => match tcp.into_std() {
+                Ok(tcp) => workers.spawn(async move {
+                    match TcpStream::from_std(tcp) {
+                        Ok(tcp) => serve(tcp).await,
+                        Err(e) => tracing::warn!(%remote, "cannot serve a connection: {e}"),
+                    }
+                }),
+                Err(e) => tracing::warn!(%remote, "cannot hand a connection over: {e}"),
+            },
+        }
     }
     drop(listener);
     let _ = draining.send(true);

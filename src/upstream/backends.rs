@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{Backend, BackendName, Config};
+use crate::server::workers::{self, Worker};
 
 /// How long an address that refused a connection is passed over.
 const DOWN_FOR: Duration = Duration::from_secs(2);
@@ -16,23 +17,62 @@ const DOWN_FOR: Duration = Duration::from_secs(2);
 /// One address of a backend: its connections, used in turn.
 #[derive(Debug)]
 struct Address {
+    endpoint: Endpoint,
+    /// Connections for calls made off the request workers (and with `server.workers = 0`).
     channels: Vec<Channel>,
+    /// Each request worker's own connections, made on its first call: a channel's connection
+    /// task runs on the runtime that made it, so a worker's calls never leave its thread.
+    per_worker: OnceLock<Box<[OnceLock<(u64, Vec<Channel>)>]>>,
     next: AtomicUsize,
     /// Milliseconds since `BackendChannel::epoch` until which the address is passed over.
     down_until_ms: AtomicU64,
 }
 
 impl Address {
-    /// The next of its connections.
+    fn new(endpoint: Endpoint, connections: usize) -> Address {
+        Address {
+            channels: connect(&endpoint, connections),
+            endpoint,
+            per_worker: OnceLock::new(),
+            next: AtomicUsize::new(0),
+            down_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The next of its connections, the current worker's own when on one.
     fn channel(&self) -> &Channel {
-        let n = self.channels.len();
+        let channels = workers::current()
+            .and_then(|worker| self.worker_channels(worker))
+            .unwrap_or(&self.channels);
+        let n = channels.len();
         let i = if n > 1 {
             self.next.fetch_add(1, Ordering::Relaxed) % n
         } else {
             0
         };
-        &self.channels[i]
+        &channels[i]
     }
+
+    /// `worker`'s connections, made now if it has none; None if its slot belongs to a worker of
+    /// another set (two gateways in one process sharing a snapshot).
+    fn worker_channels(&self, worker: Worker) -> Option<&[Channel]> {
+        let slots = self
+            .per_worker
+            .get_or_init(|| (0..worker.count).map(|_| OnceLock::new()).collect());
+        let (serial, channels) = slots
+            .get(worker.index)?
+            .get_or_init(|| (worker.serial, connect(&self.endpoint, self.channels.len())));
+        (*serial == worker.serial).then_some(channels.as_slice())
+    }
+}
+
+/// `count` lazy channels to `endpoint`, each its own HTTP/2 connection: more than one lifts a
+/// backend's limit on concurrent streams per connection. Must run inside a tokio runtime, whose
+/// tasks then carry the connections.
+fn connect(endpoint: &Endpoint, count: usize) -> Vec<Channel> {
+    (0..count.max(1))
+        .map(|_| endpoint.clone().connect_lazy())
+        .collect()
 }
 
 /// A backend's connections with the definition they were made from.
@@ -52,19 +92,11 @@ impl BackendChannel {
         let addresses = definition
             .addresses
             .iter()
-            .map(|uri| Address {
-                // Each lazy channel makes its own HTTP/2 connection: more than one lifts a
-                // backend's limit on concurrent streams per connection.
-                channels: (0..definition.connections.max(1))
-                    .map(|_| {
-                        Endpoint::from(uri.clone())
-                            .connect_timeout(definition.connect_timeout)
-                            .tcp_nodelay(true)
-                            .connect_lazy()
-                    })
-                    .collect(),
-                next: AtomicUsize::new(0),
-                down_until_ms: AtomicU64::new(0),
+            .map(|uri| {
+                let endpoint = Endpoint::from(uri.clone())
+                    .connect_timeout(definition.connect_timeout)
+                    .tcp_nodelay(true);
+                Address::new(endpoint, definition.connections)
             })
             .collect();
         BackendChannel {
@@ -176,6 +208,44 @@ mod tests {
         assert_eq!(picks[0], picks[3]);
         assert_ne!(picks[0], picks[1]);
         assert_ne!(picks[1], picks[2]);
+    }
+
+    #[tokio::test]
+    async fn each_request_worker_calls_on_connections_of_its_own() {
+        let config = Config::from_toml(
+            "[backends.b]\naddresses = [\"http://127.0.0.1:9\"]\nconnections = 2",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let backends = Backends::build(&config, None);
+        let backend = backends.get(&BackendName::new("b")).unwrap().clone();
+        let shared: Vec<usize> = backend.addresses[0]
+            .channels
+            .iter()
+            .map(|c| c as *const Channel as usize)
+            .collect();
+        let workers = crate::server::workers::Workers::start(2).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..8 {
+            let (backend, tx) = (backend.clone(), tx.clone());
+            workers.spawn(async move {
+                let (_, channel) = backend.candidates().next().unwrap();
+                let index = workers::current().unwrap().index;
+                let _ = tx.send((index, channel as *const Channel as usize));
+            });
+        }
+        let picks: Vec<(usize, usize)> = (0..8).map(|_| rx.recv().unwrap()).collect();
+        let of = |worker: usize| -> std::collections::BTreeSet<usize> {
+            picks.iter().filter(|p| p.0 == worker).map(|p| p.1).collect()
+        };
+        // Each worker takes its own two connections in turn; none is another's or the shared.
+        assert_eq!(of(0).len(), 2);
+        assert_eq!(of(1).len(), 2);
+        assert!(of(0).is_disjoint(&of(1)));
+        assert!(picks.iter().all(|p| !shared.contains(&p.1)));
+        // Off the workers, calls use the shared connections.
+        let (_, channel) = backend.candidates().next().unwrap();
+        assert!(shared.contains(&(channel as *const Channel as usize)));
     }
 
     #[test]

@@ -199,7 +199,11 @@ fn table(rounds: &[Vec<Figures>]) -> String {
         "gw CPU µs/req",
         "rps ratio",
         "+p50 µs",
-        if rounds.len() > 1 { "  ratio range" } else { "" },
+        if rounds.len() > 1 {
+            "  ratio range"
+        } else {
+            ""
+        },
     );
     let Some(first) = rounds.first() else {
         return out;
@@ -220,9 +224,9 @@ fn table(rounds: &[Vec<Figures>]) -> String {
         let rps = median_and_range(all.iter().map(|f| f.rps));
         let errors: usize = all.iter().map(|f| f.errors).sum();
         let latency = |k: usize| median_and_range(all.iter().map(|f| f.latency_us[k] as f64)).0;
-        let cpu = f.gateway_cpu_us.map(|_| {
-            median_and_range(all.iter().filter_map(|f| f.gateway_cpu_us)).0
-        });
+        let cpu = f
+            .gateway_cpu_us
+            .map(|_| median_and_range(all.iter().filter_map(|f| f.gateway_cpu_us)).0);
         out.push_str(&format!(
             "{:<24} {:>10.0} {:>8} {:>9.0} {:>9.0} {:>9.0} {:>12} {:>10.2} {:>12}{}\n",
             f.name,

@@ -129,6 +129,13 @@ impl GatewayError {
         self.kind == ErrorKind::Unavailable && self.connect_failure
     }
 
+    /// The same error, marked as one where the request never reached the backend (refused
+    /// connection, refused stream), so another address may be tried.
+    pub fn as_connect_failure(mut self) -> Self {
+        self.connect_failure = true;
+        self
+    }
+
     /// Who must act on this error.
     pub fn source(&self) -> ErrorSource {
         match self.kind {

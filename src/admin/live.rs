@@ -188,7 +188,11 @@ impl LiveRegistry {
         let channel = snapshot
             .backends
             .get(backend)
-            .and_then(|b| b.candidates().next().map(|(_, channel)| channel.clone()))
+            .and_then(|b| {
+                b.candidates()
+                    .next()
+                    .map(|(_, address)| address.channel().clone())
+            })
             .ok_or_else(|| {
                 LiveError::Invalid(format!("the config defines no backend called {backend:?}"))
             })?;

@@ -141,7 +141,10 @@ mod tests {
         assert_eq!(indexes, [0, 0, 1, 1]);
         // Each worker is one thread, and the two differ.
         for (w, thread) in &seen {
-            let same = seen.iter().filter(|(v, _)| v == w).all(|(_, t)| t == thread);
+            let same = seen
+                .iter()
+                .filter(|(v, _)| v == w)
+                .all(|(_, t)| t == thread);
             assert!(same);
         }
         let thread_of = |index: usize| {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 
+use super::connection::Connection;
 use crate::config::{Backend, BackendName, Config};
 use crate::server::workers::{self, Worker};
 
@@ -16,63 +17,101 @@ const DOWN_FOR: Duration = Duration::from_secs(2);
 
 /// One address of a backend: its connections, used in turn.
 #[derive(Debug)]
-struct Address {
+pub struct Address {
     endpoint: Endpoint,
+    count: usize,
     /// Connections for calls made off the request workers (and with `server.workers = 0`).
-    channels: Vec<Channel>,
-    /// Each request worker's own connections, made on its first call: a channel's connection
-    /// task runs on the runtime that made it, so a worker's calls never leave its thread.
-    per_worker: OnceLock<Box<[OnceLock<(u64, Vec<Channel>)>]>>,
+    shared: OnceLock<Pool>,
+    /// Each request worker's own connections, made on its first call: a connection's task runs
+    /// on the runtime that made it, so a worker's calls never leave its thread.
+    per_worker: OnceLock<Box<[WorkerSlot]>>,
     next: AtomicUsize,
     /// Milliseconds since `BackendChannel::epoch` until which the address is passed over.
     down_until_ms: AtomicU64,
 }
 
+/// One worker's pool, with the serial of the worker that made it.
+type WorkerSlot = OnceLock<(u64, Pool)>;
+
+/// The connections of one address for one runtime: h2 ones for unary calls, tonic channels for
+/// streams. Both connect lazily.
+#[derive(Debug)]
+struct Pool {
+    unary: Vec<Connection>,
+    channels: Vec<Channel>,
+}
+
+impl Pool {
+    /// `count` connections of each kind to `endpoint`, each its own HTTP/2 connection: more
+    /// than one lifts a backend's limit on concurrent streams per connection. Must run inside a
+    /// tokio runtime, whose tasks then carry the connections.
+    fn new(endpoint: &Endpoint, count: usize) -> Pool {
+        let timeout = endpoint
+            .get_connect_timeout()
+            .unwrap_or(Duration::from_secs(5));
+        Pool {
+            unary: (0..count.max(1))
+                .map(|_| Connection::new(endpoint.uri(), timeout))
+                .collect(),
+            channels: (0..count.max(1))
+                .map(|_| endpoint.clone().connect_lazy())
+                .collect(),
+        }
+    }
+}
+
 impl Address {
-    fn new(endpoint: Endpoint, connections: usize) -> Address {
+    fn new(endpoint: Endpoint, count: usize) -> Address {
         Address {
-            channels: connect(&endpoint, connections),
             endpoint,
+            count: count.max(1),
+            shared: OnceLock::new(),
             per_worker: OnceLock::new(),
             next: AtomicUsize::new(0),
             down_until_ms: AtomicU64::new(0),
         }
     }
 
-    /// The next of its connections, the current worker's own when on one.
-    fn channel(&self) -> &Channel {
-        let channels = workers::current()
-            .and_then(|worker| self.worker_channels(worker))
-            .unwrap_or(&self.channels);
-        let n = channels.len();
-        let i = if n > 1 {
+    /// The next of its stream channels, the current worker's own when on one.
+    pub fn channel(&self) -> &Channel {
+        let channels = &self.pool().channels;
+        &channels[self.turn(channels.len())]
+    }
+
+    /// The next of its unary connections, the current worker's own when on one.
+    pub fn unary(&self) -> &Connection {
+        let unary = &self.pool().unary;
+        &unary[self.turn(unary.len())]
+    }
+
+    fn turn(&self, n: usize) -> usize {
+        if n > 1 {
             self.next.fetch_add(1, Ordering::Relaxed) % n
         } else {
             0
-        };
-        &channels[i]
+        }
+    }
+
+    fn pool(&self) -> &Pool {
+        workers::current()
+            .and_then(|worker| self.worker_pool(worker))
+            .unwrap_or_else(|| {
+                self.shared
+                    .get_or_init(|| Pool::new(&self.endpoint, self.count))
+            })
     }
 
     /// `worker`'s connections, made now if it has none; None if its slot belongs to a worker of
     /// another set (two gateways in one process sharing a snapshot).
-    fn worker_channels(&self, worker: Worker) -> Option<&[Channel]> {
+    fn worker_pool(&self, worker: Worker) -> Option<&Pool> {
         let slots = self
             .per_worker
             .get_or_init(|| (0..worker.count).map(|_| OnceLock::new()).collect());
-        let (serial, channels) = slots
+        let (serial, pool) = slots
             .get(worker.index)?
-            .get_or_init(|| (worker.serial, connect(&self.endpoint, self.channels.len())));
-        (*serial == worker.serial).then_some(channels.as_slice())
+            .get_or_init(|| (worker.serial, Pool::new(&self.endpoint, self.count)));
+        (*serial == worker.serial).then_some(pool)
     }
-}
-
-/// `count` lazy channels to `endpoint`, each its own HTTP/2 connection: more than one lifts a
-/// backend's limit on concurrent streams per connection. Must run inside a tokio runtime, whose
-/// tasks then carry the connections.
-fn connect(endpoint: &Endpoint, count: usize) -> Vec<Channel> {
-    (0..count.max(1))
-        .map(|_| endpoint.clone().connect_lazy())
-        .collect()
 }
 
 /// A backend's connections with the definition they were made from.
@@ -120,7 +159,7 @@ impl BackendChannel {
 
     /// The addresses to try for one call, in order: round-robin from the next one, those not
     /// marked down first, so a call still goes somewhere when every address is down.
-    pub fn candidates(&self) -> impl Iterator<Item = (usize, &Channel)> + '_ {
+    pub fn candidates(&self) -> impl Iterator<Item = (usize, &Address)> + '_ {
         let n = self.addresses.len();
         let start = if n > 1 {
             self.next.fetch_add(1, Ordering::Relaxed) % n
@@ -134,7 +173,7 @@ impl BackendChannel {
             .filter(move |&i| self.addresses[i].down_until_ms.load(Ordering::Relaxed) <= now);
         let down =
             order.filter(move |&i| self.addresses[i].down_until_ms.load(Ordering::Relaxed) > now);
-        up.chain(down).map(|i| (i, self.addresses[i].channel()))
+        up.chain(down).map(|i| (i, &self.addresses[i]))
     }
 
     /// Passes over address `i` for a while: it refused a connection.
@@ -199,7 +238,10 @@ mod tests {
         let backends = Backends::build(&config, None);
         let backend = backends.get(&BackendName::new("pooled")).unwrap();
         assert_eq!(backend.len(), 2);
-        assert!(backend.addresses.iter().all(|a| a.channels.len() == 3));
+        assert!(backend
+            .addresses
+            .iter()
+            .all(|a| a.pool().channels.len() == 3 && a.pool().unary.len() == 3));
         // Each address hands out its connections round-robin.
         let address = &backend.addresses[0];
         let picks: Vec<*const Channel> = (0..6)
@@ -220,6 +262,7 @@ mod tests {
         let backends = Backends::build(&config, None);
         let backend = backends.get(&BackendName::new("b")).unwrap().clone();
         let shared: Vec<usize> = backend.addresses[0]
+            .pool()
             .channels
             .iter()
             .map(|c| c as *const Channel as usize)
@@ -229,14 +272,19 @@ mod tests {
         for _ in 0..8 {
             let (backend, tx) = (backend.clone(), tx.clone());
             workers.spawn(async move {
-                let (_, channel) = backend.candidates().next().unwrap();
+                let (_, address) = backend.candidates().next().unwrap();
+                let channel = address.channel();
                 let index = workers::current().unwrap().index;
                 let _ = tx.send((index, channel as *const Channel as usize));
             });
         }
         let picks: Vec<(usize, usize)> = (0..8).map(|_| rx.recv().unwrap()).collect();
         let of = |worker: usize| -> std::collections::BTreeSet<usize> {
-            picks.iter().filter(|p| p.0 == worker).map(|p| p.1).collect()
+            picks
+                .iter()
+                .filter(|p| p.0 == worker)
+                .map(|p| p.1)
+                .collect()
         };
         // Each worker takes its own two connections in turn; none is another's or the shared.
         assert_eq!(of(0).len(), 2);
@@ -244,7 +292,8 @@ mod tests {
         assert!(of(0).is_disjoint(&of(1)));
         assert!(picks.iter().all(|p| !shared.contains(&p.1)));
         // Off the workers, calls use the shared connections.
-        let (_, channel) = backend.candidates().next().unwrap();
+        let (_, address) = backend.candidates().next().unwrap();
+        let channel = address.channel();
         assert!(shared.contains(&(channel as *const Channel as usize)));
     }
 

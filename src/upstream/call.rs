@@ -8,7 +8,7 @@ use tonic::client::Grpc;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 
-use super::backends::BackendChannel;
+use super::backends::{Address, BackendChannel};
 use super::codec::{DynamicCodec, Outgoing};
 use crate::error::{ErrorKind, GatewayError};
 use crate::telemetry::UpstreamTimer;
@@ -38,23 +38,23 @@ impl CallParts {
 
 /// Runs `call` on the backend's addresses in turn until one connects: a refused connection means
 /// the request was never sent, so trying the next address is safe for any method.
-async fn on_some_address<T, F, Fut>(
-    backend: &BackendChannel,
+async fn on_some_address<'a, T, F, Fut>(
+    backend: &'a BackendChannel,
     parts: CallParts,
     call: F,
 ) -> Result<T, GatewayError>
 where
-    F: Fn(Channel, tonic::Request<Outgoing>) -> Fut,
+    F: Fn(&'a Address, CallParts) -> Fut,
     Fut: std::future::Future<Output = Result<T, GatewayError>>,
 {
     if backend.len() <= 1 {
-        let Some((_, channel)) = backend.candidates().next() else {
+        let Some((_, address)) = backend.candidates().next() else {
             return Err(GatewayError::new(
                 ErrorKind::Unavailable,
                 "backend has no address",
             ));
         };
-        return call(channel.clone(), parts.request()).await;
+        return call(address, parts).await;
     }
     // Encoded once, so each attempt clones bytes rather than a message.
     let parts = CallParts {
@@ -62,13 +62,13 @@ where
         ..parts
     };
     let mut last = None;
-    for (i, channel) in backend.candidates() {
+    for (i, address) in backend.candidates() {
         let attempt = CallParts {
             metadata: parts.metadata.clone(),
             message: parts.message.clone(),
             timeout: parts.timeout,
         };
-        match call(channel.clone(), attempt.request()).await {
+        match call(address, attempt).await {
             Err(err) if err.is_connect_failure() => {
                 backend.mark_down(i);
                 last = Some(err);
@@ -111,9 +111,20 @@ pub async fn unary(
     max_response_bytes: usize,
     timer: &UpstreamTimer,
 ) -> Result<UnaryReply, GatewayError> {
-    on_some_address(backend, parts, |channel, request| {
-        let path = path.clone();
-        timed(timer, unary_on(channel, path, request, max_response_bytes))
+    on_some_address(backend, parts, |address, parts| {
+        let path = &path;
+        timed(timer, async move {
+            address
+                .unary()
+                .unary(
+                    path,
+                    parts.metadata,
+                    parts.message,
+                    parts.timeout,
+                    max_response_bytes,
+                )
+                .await
+        })
     })
     .await
 }
@@ -139,46 +150,6 @@ async fn open(
         .map_err(GatewayError::from_status)?;
     let (headers, stream, _) = response.into_parts();
     Ok((headers, stream))
-}
-
-async fn unary_on(
-    channel: Channel,
-    path: PathAndQuery,
-    request: tonic::Request<Outgoing>,
-    max_response_bytes: usize,
-) -> Result<UnaryReply, GatewayError> {
-    let (headers, mut stream) = open(channel, path, request, max_response_bytes).await?;
-    let message = stream
-        .message()
-        .await
-        .map_err(GatewayError::from_status)?
-        .ok_or_else(|| {
-            GatewayError::new(
-                ErrorKind::BadGateway,
-                "bad response from backend: no response message",
-            )
-        })?;
-    if stream
-        .message()
-        .await
-        .map_err(GatewayError::from_status)?
-        .is_some()
-    {
-        return Err(GatewayError::new(
-            ErrorKind::BadGateway,
-            "bad response from backend: more than one message for a unary call",
-        ));
-    }
-    let trailers = stream
-        .trailers()
-        .await
-        .map_err(GatewayError::from_status)?
-        .unwrap_or_default();
-    Ok(UnaryReply {
-        headers,
-        message,
-        trailers,
-    })
 }
 
 /// A server-streaming answer: response headers now, messages as they arrive.
@@ -237,11 +208,16 @@ pub async fn server_stream(
     max_response_bytes: usize,
     timer: &UpstreamTimer,
 ) -> Result<ServerStream, GatewayError> {
-    on_some_address(backend, parts, |channel, request| {
+    on_some_address(backend, parts, |address, parts| {
         let path = path.clone();
         timed(
             timer,
-            server_stream_on(channel, path, request, max_response_bytes),
+            server_stream_on(
+                address.channel().clone(),
+                path,
+                parts.request(),
+                max_response_bytes,
+            ),
         )
     })
     .await
@@ -309,7 +285,8 @@ async fn streaming_on(
     // been sent: a refused connection hands it back for the next address.
     let slot = Arc::new(Mutex::new(Some(requests)));
     let mut last = None;
-    for (i, channel) in backend.candidates() {
+    for (i, address) in backend.candidates() {
+        let channel = address.channel();
         let attempt = HandOff {
             slot: slot.clone(),
             taken: None,

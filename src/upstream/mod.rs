@@ -1,8 +1,10 @@
-//! Backends: shared tonic channels, the dynamic codec, metadata mapping and calls.
+//! Backends: connections (h2 directly for unary calls, tonic channels for streams), the dynamic
+//! codec, metadata mapping and calls.
 
 mod backends;
 mod call;
 mod codec;
+mod connection;
 mod metadata;
 
 pub use backends::{BackendChannel, Backends};

@@ -115,3 +115,65 @@ async fn streaming_calls_fail_over_from_an_address_that_is_down() {
     }
     assert_eq!(stats.calls.load(Ordering::Relaxed), 6);
 }
+
+/// Serves a mirror on `listener` until the returned sender is dropped or signalled.
+fn serve_mirror(
+    registry: &protogate::descriptors::Registry,
+    listener: tokio::net::TcpListener,
+) -> watch::Sender<()> {
+    let (stop, mut stopped) = watch::channel(());
+    let mirror = demo::Mirror::new(registry.pool().clone());
+    tokio::spawn(async move {
+        let _ = mirror
+            .serve(listener, async move {
+                let _ = stopped.changed().await;
+            })
+            .await;
+    });
+    stop
+}
+
+#[tokio::test]
+async fn unary_calls_reconnect_to_a_backend_that_restarted() {
+    let registry = test_registry();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = serve_mirror(&registry, listener);
+    let toml = format!(
+        r#"
+        default_backend = "solo"
+        [backends.solo]
+        addresses = ["http://{addr}"]
+        "#
+    );
+    let config = Config::from_toml(&toml, Path::new(".")).expect("config");
+    let gw = Gateway::with(config, registry.clone()).await;
+    let (status, body) = gw.get("/v1/messages/1").await;
+    assert_eq!(status, 200, "{body}");
+
+    // The backend goes away: its connection closes and calls fail cleanly.
+    let _ = stop.send(());
+    drop(stop);
+    let mut down = None;
+    for _ in 0..50 {
+        let (status, body) = gw.get("/v1/messages/2").await;
+        if status == 503 {
+            down = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = down.expect("the gateway never noticed the backend stopped");
+    assert_eq!(body["code"], 14, "{body}");
+
+    // Back on the same port: the next calls use a new connection.
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let _stop = serve_mirror(&registry, listener);
+    for i in 3..8 {
+        let (status, body) = gw.get(&format!("/v1/messages/{i}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["messageId"], i.to_string());
+    }
+}

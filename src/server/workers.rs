@@ -11,6 +11,9 @@ use std::thread::JoinHandle;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+/// How long a stopping worker waits for its blocking tasks.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Every worker thread of the process gets its own serial, so state made by one worker's
 /// runtime is never used by a worker of another set that happens to have the same index.
 static SERIALS: AtomicU64 = AtomicU64::new(1);
@@ -73,6 +76,8 @@ impl Workers {
                     CURRENT.with(|current| current.set(Some(worker)));
                     // Spawned connections run while the thread waits here for the stop.
                     let _ = runtime.block_on(stopped);
+                    // A blocking task still running (a DNS lookup) must not hold the stop up.
+                    runtime.shutdown_timeout(SHUTDOWN_WAIT);
                 })?;
             workers.threads.push(thread);
         }

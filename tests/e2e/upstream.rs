@@ -177,3 +177,49 @@ async fn unary_calls_reconnect_to_a_backend_that_restarted() {
         assert_eq!(body["messageId"], i.to_string());
     }
 }
+
+#[tokio::test]
+async fn every_worker_count_serves_concurrent_connections() {
+    for workers in [0, 1, 3] {
+        let registry = test_registry();
+        let (_stop, stopped) = watch::channel(());
+        let (addr, stats) = demo::start_mirror(registry.pool().clone(), stopped)
+            .await
+            .expect("mirror");
+        let toml = format!(
+            r#"
+            default_backend = "m"
+            [backends.m]
+            addresses = ["http://{addr}"]
+            [server]
+            workers = {workers}
+            "#
+        );
+        let config = Config::from_toml(&toml, Path::new(".")).expect("config");
+        let gw = Gateway::with(config, registry).await;
+        // No idle connections kept: each request is a connection of its own, so they are
+        // handed to the workers in turn.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        let calls = (0..12).map(|i| {
+            let (client, url) = (client.clone(), gw.url(&format!("/v1/messages/{i}")));
+            async move {
+                let resp = client.get(url).send().await.expect("request");
+                let status = resp.status().as_u16();
+                let body: serde_json::Value = resp.json().await.expect("json");
+                (i, status, body)
+            }
+        });
+        for (i, status, body) in futures_util::future::join_all(calls).await {
+            assert_eq!(status, 200, "workers = {workers}: {body}");
+            assert_eq!(body["messageId"], i.to_string(), "workers = {workers}");
+        }
+        assert_eq!(
+            stats.calls.load(Ordering::Relaxed),
+            12,
+            "workers = {workers}"
+        );
+    }
+}

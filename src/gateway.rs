@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::middleware::Pass;
@@ -355,17 +355,69 @@ fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
     })
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(GatewayError::new(
+async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    let too_large = || {
+        GatewayError::new(
             ErrorKind::PayloadTooLarge,
             format!("request body is larger than {limit} bytes"),
-        )),
-        Err(err) => Err(GatewayError::invalid(format!(
-            "could not read the request body: {err}"
-        ))),
+        )
+    };
+    let declared = http_body::Body::size_hint(&body).exact();
+    if declared.is_some_and(|len| len > limit as u64) {
+        drain(body, declared).await;
+        return Err(too_large());
     }
+    // One data frame is the usual body: kept as it is, with no copy.
+    let mut first: Option<Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| {
+            GatewayError::invalid(format!("could not read the request body: {err}"))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let read = first.as_ref().map_or(0, Bytes::len) + rest.len() + data.len();
+        if read > limit {
+            drain(body, None).await;
+            return Err(too_large());
+        }
+        match &first {
+            None if rest.is_empty() => first = Some(data),
+            _ => {
+                if let Some(first) = first.take() {
+                    rest.extend_from_slice(&first);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(match first {
+        Some(first) => first,
+        None => rest.freeze(),
+    })
+}
+
+/// A body refused as too large is still read and dropped, within bounds, before the 413 goes
+/// out: a client still writing it would otherwise meet a reset connection instead of the answer.
+async fn drain(mut body: Body, declared: Option<u64>) {
+    const MAX_DRAIN: u64 = 1 << 20;
+    const DRAIN_FOR: Duration = Duration::from_secs(1);
+    if declared.is_some_and(|len| len > MAX_DRAIN) {
+        return;
+    }
+    let _ = tokio::time::timeout(DRAIN_FOR, async {
+        let mut drained = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                drained += data.len() as u64;
+                if drained > MAX_DRAIN {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 /// The one error response: status from the table, google.rpc.Status JSON body, metadata headers.

@@ -248,19 +248,41 @@ impl Connection {
         if connection_gone {
             self.forget();
         }
-        // A stream the backend refused or a GOAWAY below it was never processed: safe to
-        // try elsewhere, like a refused connection.
+        // A stream the backend refused, or one above a GOAWAY's last stream, was never
+        // processed: safe to try elsewhere, like a refused connection.
         let unprocessed = err.reason() == Some(h2::Reason::REFUSED_STREAM)
             || (err.is_go_away() && err.is_remote());
-        let err = GatewayError::new(
-            ErrorKind::Unavailable,
-            format!("backend unavailable: {err}"),
-        );
-        if unprocessed {
-            err.as_connect_failure()
-        } else {
-            err
+        match err.reason() {
+            // The backend reset this one stream: gRPC's table of HTTP/2 codes says what it means.
+            Some(reason) if err.is_reset() && !unprocessed => {
+                GatewayError::from_status(tonic::Status::new(
+                    reset_code(reason),
+                    format!("the backend reset the stream: {reason}"),
+                ))
+            }
+            _ => {
+                let err = GatewayError::new(
+                    ErrorKind::Unavailable,
+                    format!("backend unavailable: {err}"),
+                );
+                if unprocessed {
+                    err.as_connect_failure()
+                } else {
+                    err
+                }
+            }
         }
+    }
+}
+
+/// The gRPC code of an RST_STREAM reason, as gRPC's HTTP/2 mapping gives it.
+fn reset_code(reason: h2::Reason) -> tonic::Code {
+    match reason {
+        h2::Reason::REFUSED_STREAM => tonic::Code::Unavailable,
+        h2::Reason::CANCEL => tonic::Code::Cancelled,
+        h2::Reason::ENHANCE_YOUR_CALM => tonic::Code::ResourceExhausted,
+        h2::Reason::INADEQUATE_SECURITY => tonic::Code::PermissionDenied,
+        _ => tonic::Code::Internal,
     }
 }
 
@@ -311,6 +333,13 @@ async fn read_message(body: &mut h2::RecvStream, max: usize) -> Result<Option<By
             None => break,
         };
         let _ = body.flow_control().release_capacity(chunk.len());
+        // The usual case: one data frame holds exactly the one message, taken without a copy.
+        if buffered.is_empty() && message.is_none() {
+            if let Some(whole) = whole_frame(&chunk, max) {
+                message = Some(whole);
+                continue;
+            }
+        }
         buffered.extend_from_slice(&chunk);
         while buffered.len() >= FRAME_HEADER {
             let compressed = buffered[0];
@@ -345,6 +374,14 @@ async fn read_message(body: &mut h2::RecvStream, max: usize) -> Result<Option<By
         ));
     }
     Ok(message)
+}
+
+/// The message of `chunk` if it is exactly one complete, uncompressed frame within `max`.
+fn whole_frame(chunk: &Bytes, max: usize) -> Option<Bytes> {
+    let header = chunk.get(..FRAME_HEADER)?;
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    (header[0] == 0 && len <= max && chunk.len() == FRAME_HEADER + len)
+        .then(|| chunk.slice(FRAME_HEADER..))
 }
 
 /// The error a `grpc-status` other than OK in `headers` stands for.
@@ -421,6 +458,35 @@ mod tests {
     fn frames_carry_a_flag_and_a_big_endian_length() {
         let framed = frame(Outgoing::Encoded(Bytes::from_static(b"abc"))).unwrap();
         assert_eq!(&framed[..], b"\0\0\0\0\x03abc");
+    }
+
+    #[test]
+    fn a_data_frame_holding_one_whole_message_is_taken_as_it_is() {
+        let chunk = Bytes::from_static(b"\0\0\0\0\x03abc");
+        assert_eq!(whole_frame(&chunk, 10).unwrap(), "abc");
+        // Over the limit, compressed, cut short or followed by more: the slow path decides.
+        assert!(whole_frame(&chunk, 2).is_none());
+        assert!(whole_frame(&Bytes::from_static(b"\x01\0\0\0\x03abc"), 10).is_none());
+        assert!(whole_frame(&Bytes::from_static(b"\0\0\0\0\x03ab"), 10).is_none());
+        assert!(whole_frame(&Bytes::from_static(b"\0\0\0\0\x03abcd"), 10).is_none());
+        assert!(whole_frame(&Bytes::from_static(b"\0\0"), 10).is_none());
+    }
+
+    #[test]
+    fn stream_resets_map_as_grpc_says() {
+        assert_eq!(reset_code(h2::Reason::CANCEL), tonic::Code::Cancelled);
+        assert_eq!(
+            reset_code(h2::Reason::REFUSED_STREAM),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            reset_code(h2::Reason::ENHANCE_YOUR_CALM),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            reset_code(h2::Reason::PROTOCOL_ERROR),
+            tonic::Code::Internal
+        );
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub const SUBPROTOCOL: &str = "protogate.v1";
 pub const HALF_CLOSE: &str = "EOF";
 /// Initial read buffer of a socket; it grows to the largest frame read.
 const READ_BUFFER: usize = 4096;
+
+/// Frames are gathered up to this many bytes and written together: answers the backend has
+/// already sent go out in one write, not a system call each. The buffer only grows on use, so
+/// an idle socket holds none.
+const WRITE_BUFFER: usize = 16 << 10;
 /// The custom HttpRule kind that declares a WebSocket endpoint.
 pub const RULE_KIND: &str = "websocket";
 
@@ -294,7 +299,7 @@ pub fn upgrade(
         // Small buffers: tungstenite's 128 KiB defaults would cost that much per idle socket.
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(0)
+            .write_buffer_size(WRITE_BUFFER)
             .max_message_size(Some(limits.max_message_bytes))
             .max_frame_size(Some(limits.max_message_bytes));
         let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
@@ -471,26 +476,46 @@ where
             () = shutting_down(&mut going_away) => break Ending::GoingAway,
             event = events.recv() => match event {
                 Some(FromBackend::Message(bytes)) => {
-                    stats.from_backend.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let frame = if binary_out {
-                        Ok(Message::Binary(bytes))
-                    } else {
-                        route.response.render(bytes).map(|r| {
-                            let mut text = Vec::with_capacity(r.body.len() + 11);
-                            text.extend_from_slice(b"{\"result\":");
-                            text.extend_from_slice(&r.body);
-                            text.push(b'}');
-                            text_message(text)
-                        })
-                    };
-                    match frame {
-                        Ok(frame) => {
-                            if sink.send(frame).await.is_err() {
-                                break Ending::ClientGone;
+                    // Every answer already waiting is framed before one flush writes them all.
+                    let mut next = Some(bytes);
+                    let mut ended = None;
+                    while let Some(bytes) = next.take() {
+                        stats.from_backend.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let frame = if binary_out {
+                            Ok(Message::Binary(bytes))
+                        } else {
+                            route.response.render(bytes).map(|r| {
+                                let mut text = Vec::with_capacity(r.body.len() + 11);
+                                text.extend_from_slice(b"{\"result\":");
+                                text.extend_from_slice(&r.body);
+                                text.push(b'}');
+                                text_message(text)
+                            })
+                        };
+                        match frame {
+                            Ok(frame) => {
+                                if sink.feed(frame).await.is_err() {
+                                    ended = Some(Ending::ClientGone);
+                                    break;
+                                }
+                                stats.to_client.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
-                            stats.to_client.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Err(err) => {
+                                ended = Some(Ending::Finished(Err(err)));
+                                break;
+                            }
                         }
-                        Err(err) => break Ending::Finished(Err(err)),
+                        match events.try_recv() {
+                            Ok(FromBackend::Message(bytes)) => next = Some(bytes),
+                            Ok(FromBackend::End(result)) => ended = Some(Ending::Finished(result)),
+                            Err(_) => {}
+                        }
+                    }
+                    if sink.flush().await.is_err() {
+                        break Ending::ClientGone;
+                    }
+                    if let Some(ending) = ended {
+                        break ending;
                     }
                 }
                 Some(FromBackend::End(result)) => break Ending::Finished(result),

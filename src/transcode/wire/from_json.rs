@@ -187,10 +187,7 @@ impl<'de> Visitor<'de> for FieldSeed<'_, '_, '_> {
         let field = self.field;
         match field.shape {
             Shape::List => {
-                deserializer.deserialize_seq(ListVisitor {
-                    cx: self.cx,
-                    field,
-                })?;
+                deserializer.deserialize_seq(ListVisitor { cx: self.cx, field })?;
                 Ok(true)
             }
             Shape::Map(value) => {
@@ -727,15 +724,11 @@ impl Visitor<'_> for EnumVisitor<'_> {
     }
 
     fn visit_i64<E: Error>(self, v: i64) -> Result<Option<i32>, E> {
-        i32::try_from(v)
-            .map(Some)
-            .map_err(|_| fail("out of range"))
+        i32::try_from(v).map(Some).map_err(|_| fail("out of range"))
     }
 
     fn visit_u64<E: Error>(self, v: u64) -> Result<Option<i32>, E> {
-        i32::try_from(v)
-            .map(Some)
-            .map_err(|_| fail("out of range"))
+        i32::try_from(v).map(Some).map_err(|_| fail("out of range"))
     }
 }
 

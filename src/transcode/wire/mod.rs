@@ -8,6 +8,8 @@
 //! to be right when it succeeds, and it refuses whatever it is not sure of.
 
 mod from_json;
+#[cfg(test)]
+mod tests;
 mod to_json;
 
 use std::collections::HashMap;
@@ -15,7 +17,6 @@ use std::collections::HashMap;
 use prost_reflect::{EnumDescriptor, Kind, MessageDescriptor, Syntax};
 
 use super::json::JsonOptions;
-
 
 /// Fields per message beyond which a type is left to the dynamic path (the readers track fields
 /// seen in a 128-bit set).
@@ -200,7 +201,8 @@ impl Builder {
         }
         let index = self.messages.len();
         self.messages.push(None);
-        self.message_index.insert(desc.full_name().to_owned(), index);
+        self.message_index
+            .insert(desc.full_name().to_owned(), index);
         let mut fields = Vec::with_capacity(desc.fields().len());
         let mut by_name: Vec<(Box<str>, u8)> = Vec::new();
         // prost-reflect's `fields()` is in field number order, the order it writes JSON in.

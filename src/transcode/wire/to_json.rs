@@ -7,9 +7,7 @@ use base64::prelude::{Engine as _, BASE64_STANDARD};
 use prost_reflect::{DynamicMessage, SerializeOptions};
 use serde::Serializer as _;
 
-use super::{
-    Fallback, FieldPlan, Shape, Ty, WirePlan, FIXED32, FIXED64, LEN, MAX_DEPTH, VARINT,
-};
+use super::{Fallback, FieldPlan, Shape, Ty, WirePlan, FIXED32, FIXED64, LEN, MAX_DEPTH, VARINT};
 use crate::transcode::json::JsonOptions;
 
 /// One field met on the wire: its value, or the bounds of its bytes.

@@ -295,7 +295,7 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_, '_> {
             }
             Ty::Bool => {
                 let v = deserializer.deserialize_any(BoolVisitor)?;
-                if !(skip_default && !v) {
+                if v || !skip_default {
                     key(out);
                     out.push(u8::from(v));
                 }

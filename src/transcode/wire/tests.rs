@@ -8,9 +8,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use prost::Message as _;
-use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value,
-};
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MapKey, MessageDescriptor, Value};
 
 use super::WirePlan;
 use crate::transcode::bind::BindOptions;
@@ -254,11 +252,10 @@ fn random_value(rng: &mut Rng, kind: &Kind, depth: usize) -> Value {
 /// Whether some map (or Struct) in `msg` has more than one entry: prost-reflect writes those in
 /// hash order, so the JSON is compared as values rather than bytes.
 fn has_unordered(msg: &DynamicMessage) -> bool {
-    msg.fields()
-        .any(|(field, value)| unordered_value(&field, value))
+    msg.fields().any(|(_, value)| unordered_value(value))
 }
 
-fn unordered_value(field: &FieldDescriptor, value: &Value) -> bool {
+fn unordered_value(value: &Value) -> bool {
     match value {
         Value::Map(map) => {
             map.len() > 1
@@ -266,7 +263,7 @@ fn unordered_value(field: &FieldDescriptor, value: &Value) -> bool {
                     .values()
                     .any(|v| matches!(v, Value::Message(m) if has_unordered(m)))
         }
-        Value::List(list) => list.iter().any(|v| unordered_value(field, v)),
+        Value::List(list) => list.iter().any(unordered_value),
         Value::Message(m) => has_unordered(m),
         _ => false,
     }

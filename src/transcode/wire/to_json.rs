@@ -46,7 +46,7 @@ pub(super) fn transcode(
         plan,
         opts,
         serialize: opts.serialize_options(),
-        occurrences: Vec::new(),
+        occurrences: Vec::with_capacity(32),
         keys: Vec::new(),
     };
     writer.message(0, bytes, 0, out)

@@ -19,25 +19,67 @@ fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        // Shapes the repository's protos do not have, compiled from a scratch directory.
+        let scratch = std::env::temp_dir().join(format!("protogate-wire-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).unwrap();
+        std::fs::write(scratch.join("wiretest.proto"), WIRETEST_PROTO).unwrap();
+        std::fs::write(scratch.join("wiretest2.proto"), WIRETEST2_PROTO).unwrap();
         let mut builder = crate::descriptors::RegistryBuilder::new();
         builder
             .add_protos(
                 &[
                     root.join("protos/test/v1/echo.proto"),
                     root.join("protos/bench/v1/bench.proto"),
+                    scratch.join("wiretest.proto"),
+                    scratch.join("wiretest2.proto"),
                 ],
-                &[root.join("protos")],
+                &[root.join("protos"), scratch.clone()],
             )
             .unwrap();
         builder.build().unwrap().pool().clone()
     })
 }
 
+const WIRETEST_PROTO: &str = r#"
+syntax = "proto3";
+package wiretest;
+import "google/protobuf/struct.proto";
+import "google/protobuf/timestamp.proto";
+message Opt {
+  enum E { ZERO = 0; ONE = 1; }
+  optional int32 a = 1;
+  optional string b = 2;
+  optional Opt next = 3;
+  repeated double d = 4;
+  map<bool, bytes> m = 5;
+  map<uint32, Opt> n = 6;
+  sint32 s = 7;
+  oneof pick { Opt x = 8; bytes y = 9; sfixed32 z = 17; }
+  E e = 10;
+  repeated E es = 11;
+  optional E oe = 12;
+  map<sfixed64, E> me = 13;
+  fixed64 f = 14;
+  repeated google.protobuf.Value vals = 15;
+  map<string, google.protobuf.Timestamp> tm = 16;
+  repeated float fl = 18;
+  map<sint64, string> ms = 19;
+}
+message WithNull { google.protobuf.NullValue n = 1; }
+"#;
+
+const WIRETEST2_PROTO: &str = r#"
+syntax = "proto2";
+package wiretest;
+message Old { optional int32 a = 1 [default = 5]; }
+"#;
+
 fn desc(name: &str) -> MessageDescriptor {
     pool().get_message_by_name(name).unwrap()
 }
 
-const TYPES: [&str; 7] = [
+const TYPES: [&str; 8] = [
+    "wiretest.Opt",
     "test.v1.AllTypes",
     "test.v1.Message",
     "test.v1.PatchRequest",
@@ -386,6 +428,9 @@ fn every_test_and_bench_type_compiles_to_a_plan() {
     }
     // Well-known types at the root stay with prost-reflect.
     assert!(WirePlan::new(&desc("google.protobuf.Empty")).is_none());
+    // So do proto2 types and the NullValue enum.
+    assert!(WirePlan::new(&desc("wiretest.Old")).is_none());
+    assert!(WirePlan::new(&desc("wiretest.WithNull")).is_none());
 }
 
 #[test]
@@ -393,7 +438,7 @@ fn random_messages_to_json_match_the_dynamic_path_byte_for_byte() {
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let options = all_options();
     let mut direct = 0;
-    for case in 0..3000 {
+    for case in 0..2000 {
         let name = TYPES[case % TYPES.len()];
         let d = desc(name);
         let plan = WirePlan::new(&d).unwrap();
@@ -421,14 +466,14 @@ fn random_messages_to_json_match_the_dynamic_path_byte_for_byte() {
             check_to_json(&plan, &d, &merged, opts);
         }
     }
-    assert!(direct >= 24_000);
+    assert!(direct >= 16_000);
 }
 
 #[test]
 fn json_from_the_dynamic_serializer_reads_back_the_same_message() {
     let mut rng = Rng(0x5eed_1234_abcd_0002);
     let options = all_options();
-    for case in 0..3000 {
+    for case in 0..2000 {
         let name = TYPES[case % TYPES.len()];
         let d = desc(name);
         let plan = WirePlan::new(&d).unwrap();
@@ -516,8 +561,9 @@ fn json_variants_read_back_the_same_message_or_fall_back() {
             check_to_wire(&plan, &d, &twice, &opts);
         }
     }
-    // Most variants stay on the direct path (oneofs given a null member fall back, for one).
-    assert!(direct > 2000, "{direct}");
+    // Most variants stay on the direct path (a null added under the other spelling of a key
+    // already there is a field given twice, which falls back).
+    assert!(direct > 1500, "{direct}");
 }
 
 #[test]
@@ -657,11 +703,16 @@ fn spread_and_unpacked_repeated_fields_and_oneof_switches() {
     bytes.extend_from_slice(&[
         0x92, 0x03, 0x01, b'x', 0x98, 0x03, 0x04, 0x92, 0x03, 0x01, b'y',
     ]);
+    // rep_string (17) empty; rep_i64 (18) as an empty packed run.
+    bytes.extend_from_slice(&[0x8a, 0x01, 0x00, 0x92, 0x01, 0x00]);
     // map_si (19): an entry without key, one without value.
     bytes.extend_from_slice(&[0x9a, 0x01, 0x02, 0x10, 0x03]);
     bytes.extend_from_slice(&[0x9a, 0x01, 0x03, 0x0a, 0x01, b'k']);
     for opts in all_options() {
         assert!(check_to_json(&plan, &d, &bytes, &opts));
+    }
+    for opts in all_options() {
+        assert!(check_to_json(&plan, &d, &[0x92, 0x01, 0x00], &opts));
     }
     let mut out = Vec::new();
     plan.wire_to_json(

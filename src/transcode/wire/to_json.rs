@@ -191,7 +191,12 @@ impl Writer<'_> {
                 }
             }
             Shape::List => {
-                if from == to && !emit {
+                // A packed run may be empty: the list is empty then, and so left out.
+                let any = (from..to).any(|k| {
+                    let o = self.occurrences[k];
+                    o.wire != LEN || !field.ty.packable() || u64::from(o.end) > o.value
+                });
+                if !any && !emit {
                     return Ok(());
                 }
                 self.key(field, first, out);

@@ -1,7 +1,7 @@
 //! Direct transcoding between proto3 JSON and the protobuf wire format, without building a
 //! dynamic message in between: a per-type plan compiled once per route, then a streaming reader
-//! of JSON that writes wire bytes ([`from_json`]) and a reader of wire bytes that writes JSON
-//! ([`to_json`]).
+//! of JSON that writes wire bytes (`from_json`) and a reader of wire bytes that writes JSON
+//! (`to_json`).
 //!
 //! The direct path never explains a failure: whenever it fails, for any reason, the caller runs
 //! the dynamic-message path on the same input and returns its result. So the direct path only has

@@ -1,5 +1,5 @@
-//! JSON → protobuf and protobuf → JSON through dynamic messages, against prost's generated code
-//! with serde for the same messages as the floor; XML → protobuf and protobuf → XML next to JSON
+//! JSON → protobuf and protobuf → JSON through dynamic messages and directly (`WirePlan`, no
+//! dynamic message), against prost's generated code with serde for the same messages as the floor; XML → protobuf and protobuf → XML next to JSON
 //! for the same messages; also the whole per-request transcoding path (route match, bind, encode,
 //! decode, render) without the network. Allocations per operation are counted and printed before
 //! the timings.
@@ -17,7 +17,7 @@ use protogate::proto::bench::v1::{Item, Large, Small};
 use protogate::routing::RouteMatch;
 use protogate::snapshot::Snapshot;
 use protogate::transcode::{
-    decode_message, encode_message, xml, Bound, JsonOptions, ResponseFormat,
+    decode_message, encode_message, xml, Bound, JsonOptions, ResponseFormat, WirePlan,
 };
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
@@ -116,6 +116,21 @@ fn json_roundtrip(c: &mut Criterion) {
             encode_message(&back, &opts, &mut out).expect("json");
             out
         };
+        let plan = WirePlan::new(desc).expect("the bench types have a direct plan");
+        let direct = || {
+            let mut wire = Vec::with_capacity(json.len());
+            plan.json_to_wire(json, &opts, &mut wire)
+                .expect("direct decodes");
+            let mut out = Vec::with_capacity(json.len());
+            plan.wire_to_json(&wire, &opts, &mut out)
+                .expect("direct renders");
+            out
+        };
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&direct()).expect("json"),
+            serde_json::from_slice::<serde_json::Value>(&dynamic()).expect("json"),
+            "direct and dynamic agree on {name}"
+        );
         let generated = || -> Vec<u8> {
             if *name == "small" {
                 let msg: Small = serde_json::from_slice(json).expect("decodes");
@@ -128,9 +143,12 @@ fn json_roundtrip(c: &mut Criterion) {
             }
         };
         println!(
-            "allocations per op, {name}: dynamic {:.1}, prost+serde {:.1} ({} JSON bytes, {} protobuf bytes)",
+            "allocations per op, {name}: dynamic {:.1}, direct {:.1}, prost+serde {:.1} ({} JSON bytes, {} protobuf bytes)",
             allocations_per_op(|| {
                 std::hint::black_box(dynamic());
+            }),
+            allocations_per_op(|| {
+                std::hint::black_box(direct());
             }),
             allocations_per_op(|| {
                 std::hint::black_box(generated());
@@ -139,6 +157,7 @@ fn json_roundtrip(c: &mut Criterion) {
             pb.len(),
         );
         group.bench_function(BenchmarkId::new("dynamic", name), |b| b.iter(dynamic));
+        group.bench_function(BenchmarkId::new("direct", name), |b| b.iter(direct));
         group.bench_function(BenchmarkId::new("prost_serde", name), |b| b.iter(generated));
 
         group.bench_function(BenchmarkId::new("dynamic_json_to_pb", name), |b| {
@@ -146,6 +165,22 @@ fn json_roundtrip(c: &mut Criterion) {
                 decode_message(desc.clone(), json, &opts, "")
                     .expect("decodes")
                     .encode_to_vec()
+            })
+        });
+        group.bench_function(BenchmarkId::new("direct_json_to_pb", name), |b| {
+            b.iter(|| {
+                let mut wire = Vec::with_capacity(json.len());
+                plan.json_to_wire(json, &opts, &mut wire)
+                    .expect("direct decodes");
+                wire
+            })
+        });
+        group.bench_function(BenchmarkId::new("direct_pb_to_json", name), |b| {
+            b.iter(|| {
+                let mut out = Vec::with_capacity(json.len());
+                plan.wire_to_json(&pb, &opts, &mut out)
+                    .expect("direct renders");
+                out
             })
         });
         group.bench_function(BenchmarkId::new("dynamic_pb_to_json", name), |b| {

@@ -40,14 +40,14 @@ impl Default for JsonOptions {
 }
 
 impl JsonOptions {
-    fn serialize_options(&self) -> SerializeOptions {
+    pub(super) fn serialize_options(&self) -> SerializeOptions {
         SerializeOptions::new()
             .skip_default_fields(!self.emit_unpopulated)
             .use_proto_field_name(self.use_proto_names)
             .use_enum_numbers(self.enums_as_numbers)
     }
 
-    fn deserialize_options(&self) -> DeserializeOptions {
+    pub(super) fn deserialize_options(&self) -> DeserializeOptions {
         DeserializeOptions::new().deny_unknown_fields(self.reject_unknown_fields)
     }
 }

@@ -8,9 +8,11 @@ pub mod negotiate;
 mod request;
 mod response;
 pub mod status;
+pub mod wire;
 pub mod xml;
 
 pub use json::{decode_message, encode_message, JsonOptions};
 pub use negotiate::{Format, ResponseFormat};
 pub use request::{BodyRule, Bound, PlanError, RequestPlan};
 pub use response::{Rendered, ResponsePlan};
+pub use wire::WirePlan;

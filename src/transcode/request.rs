@@ -1,6 +1,9 @@
 //! Building the request message of a route from its path variables, query string and body.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use prost::Message as _;
 use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _, Value,
 };
@@ -8,6 +11,7 @@ use prost_reflect::{
 use super::bind::{self, BindOptions, FieldPath};
 use super::json::{self, JsonOptions};
 use super::negotiate::{self, Format};
+use super::wire::WirePlan;
 use super::xml;
 use crate::error::{ErrorKind, GatewayError};
 
@@ -51,6 +55,12 @@ pub struct RequestPlan {
     bind: BindOptions,
     /// The body field's name, prefixed to field paths in error messages.
     body_name: String,
+    /// The direct JSON → wire plan for a JSON body bound whole, when the type allows it.
+    wire: Option<Arc<WirePlan>>,
+    /// The path variables can be appended to the direct encoding as a second message: no
+    /// variable is in a oneof (the old path refuses a conflict) or is a message (a merge would
+    /// not replace it).
+    wire_vars: bool,
 }
 
 /// A route whose field references do not fit its request message.
@@ -109,6 +119,17 @@ impl RequestPlan {
             BodyRule::Field(f) => f.name().to_owned(),
             _ => String::new(),
         };
+        let wire = match &body_rule {
+            BodyRule::Whole if !raw_body => WirePlan::new(&input).map(Arc::new),
+            _ => None,
+        };
+        let wire_vars = vars.iter().all(|path| {
+            path.fields().iter().all(|f| f.containing_oneof().is_none())
+                && path
+                    .fields()
+                    .last()
+                    .is_some_and(|leaf| !matches!(leaf.kind(), Kind::Message(_)) && !leaf.is_list())
+        });
         Ok(RequestPlan {
             input,
             body: body_rule,
@@ -119,6 +140,8 @@ impl RequestPlan {
             json,
             bind,
             body_name,
+            wire,
+            wire_vars,
         })
     }
 
@@ -158,6 +181,11 @@ impl RequestPlan {
         {
             decode_protobuf(self.input.clone(), body)?;
             return Ok(Bound::Encoded(body.clone()));
+        }
+        if format == Format::Json {
+            if let Some(bytes) = self.direct(vars, body) {
+                return Ok(Bound::Encoded(bytes));
+            }
         }
         // Mask paths found while decoding an XML or protobuf body field, for PATCH.
         let mut body_paths = Vec::new();
@@ -203,6 +231,31 @@ impl RequestPlan {
             }
         }
         Ok(Bound::Message(msg))
+    }
+
+    /// The direct path for a JSON body bound whole: the body transcoded straight to the wire,
+    /// then the path variables as a second message, which the backend merges on top (a later
+    /// singular field wins). `None` whenever the dynamic path must run instead; it then gives
+    /// the same answer, or the error to return.
+    fn direct(&self, vars: &[String], body: &Bytes) -> Option<Bytes> {
+        let wire = self.wire.as_ref()?;
+        if !self.vars.is_empty() && !self.wire_vars {
+            return None;
+        }
+        let mut out = Vec::with_capacity(body.len() / 2 + 16);
+        wire.json_to_wire(body, &self.json, &mut out).ok()?;
+        if !self.vars.is_empty() {
+            let mut msg = DynamicMessage::new(self.input.clone());
+            for (path, value) in self.vars.iter().zip(vars) {
+                bind::set_path_value(&mut msg, path, value, &self.bind).ok()?;
+                // A default value is not encoded, so it would not replace the body's value.
+                if holds_default(&msg, path) {
+                    return None;
+                }
+            }
+            msg.encode(&mut out).ok()?;
+        }
+        Some(out.into())
     }
 
     /// Reads a body holding a message of type `desc` in `format`; with `paths`, also collects the
@@ -256,6 +309,21 @@ impl RequestPlan {
             },
         }
     }
+}
+
+/// Whether the leaf of `path` in `msg` holds its default value (or cannot be reached).
+fn holds_default(msg: &DynamicMessage, path: &FieldPath) -> bool {
+    let Some((leaf, parents)) = path.fields().split_last() else {
+        return true;
+    };
+    let mut current = msg;
+    for parent in parents {
+        match current.get_field(parent) {
+            std::borrow::Cow::Borrowed(Value::Message(inner)) => current = inner,
+            _ => return true,
+        }
+    }
+    current.get_field(leaf).is_default_for_field(leaf)
 }
 
 /// Decodes a binary body; bytes that are not a message of the type are the client's fault.

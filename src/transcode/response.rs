@@ -1,5 +1,7 @@
 //! Rendering a backend's response message for the client.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use prost::Message as _;
 use prost_reflect::{
@@ -8,6 +10,7 @@ use prost_reflect::{
 
 use super::json::{self, JsonOptions};
 use super::negotiate::{Format, ResponseFormat};
+use super::wire::WirePlan;
 use super::xml;
 use crate::error::{ErrorKind, GatewayError};
 
@@ -30,6 +33,8 @@ pub struct ResponsePlan {
     /// The rendered part is google.api.HttpBody: written raw with its own content type.
     raw: bool,
     json: JsonOptions,
+    /// The direct wire → JSON plan for the whole message, when the type allows it.
+    wire: Option<Arc<WirePlan>>,
 }
 
 impl ResponsePlan {
@@ -54,11 +59,16 @@ impl ResponsePlan {
                 matches!(f.kind(), Kind::Message(m) if m.full_name() == HTTP_BODY) && !f.is_list()
             }
         };
+        let wire = match (&field, raw, json.pretty) {
+            (None, false, false) => WirePlan::new(&output).map(Arc::new),
+            _ => None,
+        };
         Ok(ResponsePlan {
             output,
             field,
             raw,
             json,
+            wire,
         })
     }
 
@@ -90,6 +100,16 @@ impl ResponsePlan {
                 content_type: format.content_type().to_owned(),
                 body: bytes,
             });
+        }
+        if let (Format::Json, Some(wire)) = (format.format(), &self.wire) {
+            let mut out = Vec::with_capacity(bytes.len() * 2 + 16);
+            // Any failure, bad bytes included, is explained by the dynamic path below.
+            if wire.wire_to_json(&bytes, &self.json, &mut out).is_ok() {
+                return Ok(Rendered {
+                    content_type: format.content_type().to_owned(),
+                    body: out.into(),
+                });
+            }
         }
         let msg = DynamicMessage::decode(self.output.clone(), bytes).map_err(|err| {
             GatewayError::new(

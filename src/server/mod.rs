@@ -200,7 +200,14 @@ impl Front {
         if let Some(response) = self.health.answer(&self.store, &request).await {
             return response;
         }
-        gateway::handle(&self.store, request.map(Body::new), Some(remote)).await
+        // The gateway's future is several KiB; boxed, hyper and tower move a pointer around
+        // instead of copying it at each layer.
+        Box::pin(gateway::handle(
+            &self.store,
+            request.map(Body::new),
+            Some(remote),
+        ))
+        .await
     }
 
     fn headers_too_large(&self, size: usize) -> Response<Body> {

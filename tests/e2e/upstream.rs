@@ -223,3 +223,29 @@ async fn every_worker_count_serves_concurrent_connections() {
         );
     }
 }
+
+#[tokio::test]
+async fn megabyte_messages_cross_both_ways_past_the_http2_windows() {
+    // 3 MB each way: far past HTTP/2's initial 64 KiB windows, so the call only completes if
+    // flow control is released as data is read, and the answer spans many data frames.
+    let gw = crate::support::Gateway::mirror("").await;
+    let text: String = (0..3_000_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let body = serde_json::json!({ "s": text }).to_string();
+    let (status, answer) = gw.send("POST", "/v1/types", &body).await;
+    assert_eq!(status, 200, "{}", answer["message"]);
+    assert_eq!(answer["s"].as_str().map(str::len), Some(text.len()));
+    assert_eq!(answer["s"].as_str(), Some(text.as_str()));
+
+    // One byte past max_response_bytes is refused as the backend's fault.
+    let gw = crate::support::Gateway::mirror("max_response_bytes = 1000000\n").await;
+    let (status, answer) = gw.send("POST", "/v1/types", &body).await;
+    assert_eq!(status, 502, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too large")),
+        "{answer}"
+    );
+}

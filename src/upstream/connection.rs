@@ -34,6 +34,10 @@ pub struct Connection {
     sender: std::sync::Mutex<Option<h2::client::SendRequest<Bytes>>>,
     /// Held while connecting, so concurrent first calls make one connection.
     connecting: tokio::sync::Mutex<()>,
+    /// Connection attempts made, and the error of the last one that failed: calls that waited
+    /// for a failed attempt share its error instead of each waiting out a timeout of their own.
+    attempts: std::sync::atomic::AtomicU64,
+    last_failure: std::sync::Mutex<Option<GatewayError>>,
 }
 
 impl Connection {
@@ -48,6 +52,8 @@ impl Connection {
             connect_timeout,
             sender: std::sync::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            attempts: std::sync::atomic::AtomicU64::new(0),
+            last_failure: std::sync::Mutex::new(None),
         }
     }
 
@@ -160,12 +166,24 @@ impl Connection {
         if let Some(sender) = self.live() {
             return Ok(sender);
         }
+        use std::sync::atomic::Ordering;
+        let seen = self.attempts.load(Ordering::Acquire);
         let _connecting = self.connecting.lock().await;
-        // Another call may have connected while this one waited.
+        // Another call may have connected while this one waited, or failed to.
         if let Some(sender) = self.live() {
             return Ok(sender);
         }
-        let sender = self.connect().await?;
+        if self.attempts.load(Ordering::Acquire) != seen {
+            if let Some(err) = self.last_failure.lock().ok().and_then(|e| e.clone()) {
+                return Err(err);
+            }
+        }
+        let outcome = self.connect().await;
+        if let Ok(mut last) = self.last_failure.lock() {
+            *last = outcome.as_ref().err().cloned();
+        }
+        self.attempts.fetch_add(1, Ordering::AcqRel);
+        let sender = outcome?;
         if let Ok(mut slot) = self.sender.lock() {
             *slot = Some(sender.clone());
         }
@@ -439,6 +457,56 @@ fn grpc_timeout(timeout: Duration) -> HeaderValue {
 mod tests {
     // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
+
+    #[tokio::test]
+    async fn calls_waiting_on_a_failed_connect_share_its_error() {
+        // A port that was bound and released: connecting is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let uri: Uri = format!("http://127.0.0.1:{port}").parse().unwrap();
+        let connection = Connection::new(&uri, Duration::from_secs(1));
+        let path = PathAndQuery::from_static("/test.v1.Echo/GetMessage");
+        let calls = (0..5).map(|_| {
+            connection.unary(
+                &path,
+                MetadataMap::new(),
+                Outgoing::Encoded(Bytes::new()),
+                None,
+                1024,
+            )
+        });
+        for outcome in futures_util::future::join_all(calls).await {
+            let err = outcome.unwrap_err();
+            assert!(err.is_connect_failure(), "{err:?}");
+        }
+        // One attempt made; the four calls that queued behind it took its error.
+        assert_eq!(
+            connection
+                .attempts
+                .load(std::sync::atomic::Ordering::Acquire),
+            1
+        );
+        // A later call tries again.
+        let again = connection
+            .unary(
+                &path,
+                MetadataMap::new(),
+                Outgoing::Encoded(Bytes::new()),
+                None,
+                1024,
+            )
+            .await;
+        assert!(again.is_err());
+        assert_eq!(
+            connection
+                .attempts
+                .load(std::sync::atomic::Ordering::Acquire),
+            2
+        );
+    }
 
     #[test]
     fn timeouts_use_the_finest_unit_of_at_most_eight_digits() {

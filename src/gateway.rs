@@ -229,6 +229,7 @@ async fn call(
     };
     match route.kind {
         CallKind::Unary => {
+            let call_started = Instant::now();
             let reply = tokio::time::timeout(
                 timeout,
                 upstream::unary(
@@ -240,7 +241,8 @@ async fn call(
                 ),
             )
             .await
-            .map_err(|_| deadline_exceeded(timeout))??;
+            .map_err(|_| deadline_exceeded(timeout))?
+            .map_err(|err| deadline_passed(err, call_started, timeout))?;
             let rendered = route
                 .response
                 .render_as(reply.message, format)
@@ -293,6 +295,24 @@ async fn call(
             ErrorKind::Internal,
             "streaming request reached the unary path",
         )),
+    }
+}
+
+/// A backend that enforces the `grpc-timeout` it was sent may answer at the same moment the
+/// gateway's own timer fires (tonic servers answer CANCELLED, others DEADLINE_EXCEEDED): once
+/// the deadline has passed, that answer is the gateway's deadline too, a 504 either way.
+fn deadline_passed(err: GatewayError, started: Instant, timeout: Duration) -> GatewayError {
+    // The backend's clock starts after the gateway's; a few milliseconds cover timer rounding.
+    const SLACK: Duration = Duration::from_millis(5);
+    let code = err.code();
+    let deadline_code = matches!(code, tonic::Code::Cancelled | tonic::Code::DeadlineExceeded);
+    if deadline_code
+        && matches!(err.kind(), ErrorKind::Status(_))
+        && started.elapsed() + SLACK >= timeout
+    {
+        deadline_exceeded(timeout)
+    } else {
+        err
     }
 }
 

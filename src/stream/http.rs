@@ -66,6 +66,7 @@ pub fn request_messages(
         binding: Binding,
         abort: mpsc::Sender<GatewayError>,
         stats: Arc<super::StreamStats>,
+        abandoned: bool,
     }
     let state = State {
         body: body.into_data_stream(),
@@ -73,6 +74,7 @@ pub fn request_messages(
         binding,
         abort,
         stats,
+        abandoned: false,
     };
     let messages = futures_util::stream::unfold(state, |mut s| async move {
         let failure = loop {
@@ -107,10 +109,16 @@ pub fn request_messages(
                 },
             }
         };
+        if s.abandoned {
+            // Never polled again once the encoder has failed on `Abandon`.
+            std::future::pending::<()>().await;
+        }
         let _ = s.abort.send(failure).await;
-        // Hold the request open; the response side cancels the call.
-        std::future::pending::<()>().await;
-        None
+        // The request stays open (no half-close) until the response side has told the client
+        // and gone; then `Abandon` resets the backend's stream, which cancels the call there.
+        s.abort.closed().await;
+        s.abandoned = true;
+        Some((Outgoing::Abandon, s))
     });
     (messages.boxed(), RequestAbort(failed))
 }

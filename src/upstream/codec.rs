@@ -14,6 +14,10 @@ pub enum Outgoing {
     Message(DynamicMessage),
     /// A message the client sent already encoded.
     Encoded(Bytes),
+    /// Never sent: encoding it fails, which resets the call's HTTP/2 stream. A request stream
+    /// the client abandoned ends with it, so the backend sees a cancellation, not a half-close
+    /// that would pass the truncated stream off as complete.
+    Abandon,
 }
 
 impl From<crate::transcode::Bound> for Outgoing {
@@ -71,6 +75,7 @@ impl Encoder for OutgoingEncoder {
                 dst.put(bytes);
                 Ok(())
             }
+            Outgoing::Abandon => Err(Status::cancelled("the client abandoned the request")),
         }
     }
 }

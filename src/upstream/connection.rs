@@ -322,6 +322,10 @@ fn frame(message: Outgoing) -> Result<Bytes, GatewayError> {
             })?;
             Ok(out.freeze())
         }
+        Outgoing::Abandon => Err(GatewayError::new(
+            ErrorKind::Status(tonic::Code::Cancelled),
+            "the client abandoned the request",
+        )),
         Outgoing::Encoded(bytes) => {
             let len32 = u32::try_from(bytes.len()).map_err(|_| too_large())?;
             let mut out = BytesMut::with_capacity(FRAME_HEADER + bytes.len());

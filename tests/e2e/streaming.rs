@@ -232,27 +232,35 @@ async fn server_sent_events_and_array_framing() {
 
 #[tokio::test]
 async fn client_that_goes_away_cancels_the_backend_call() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = Gateway::mirror("").await;
     let mirror = gw.mirror.clone().unwrap();
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    tx.send(Ok(Bytes::from_static(b"{\"messageId\":\"one\"}\n")))
-        .await
-        .unwrap();
-    let mut resp = gw
-        .client
-        .post(gw.url("/v1/chat"))
-        .header("grpc-metadata-x-mirror-repeat", "1")
-        .body(body)
-        .send()
-        .await
-        .expect("chat");
-    let mut buf = Vec::new();
-    assert!(line(&mut resp, &mut buf).await.is_some());
+    // A raw connection, so the client vanishes mid-request for sure: a chunked request body
+    // that is never finished, then the socket closed. (An HTTP client library may finish the
+    // body before it closes, which is a clean half-close, not a cancellation.)
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let first = "{\"messageId\":\"one\"}\n";
+    let head = format!(
+        "POST /v1/chat HTTP/1.1\r\nhost: {addr}\r\ngrpc-metadata-x-mirror-repeat: 1\r\n\
+         transfer-encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n",
+        first.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // Read until the first streamed line has arrived.
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("\"one\"") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk))
+            .await
+            .expect("first line in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
     assert_eq!(active(&gw), 1);
     assert_eq!(mirror.active.load(Ordering::SeqCst), 1);
-    drop(resp);
-    drop(tx);
+    drop(tcp);
     eventually("backend saw the cancel", || {
         mirror.cancelled.load(Ordering::SeqCst) == 1
     })

@@ -77,12 +77,12 @@ pub async fn handle(
     }
     edge.leave(&pass, &mut response);
     let elapsed = started.elapsed();
-    let template = route.as_ref().map(|r| &*r.template);
+    let template = route.as_ref().map(|r| &r.template);
     tracing::info!(
         target: "protogate::access",
         method = %method,
         path = %uri.path(),
-        route = template.unwrap_or("-"),
+        route = template.map_or("-", |t| &**t),
         grpc_method = route.as_ref().map_or("-", |r| r.method.full_name()),
         status = response.status().as_u16(),
         latency_us = elapsed.as_micros() as u64,
@@ -154,7 +154,7 @@ async fn call(
     let remote = pass.remote;
     let started_at = std::time::Instant::now();
     let config = &snapshot.config;
-    let timer = store.metrics().upstream(route.method.full_name());
+    let timer = store.metrics().upstream(&route.method_name);
     let (mut parts, body) = request.into_parts();
     snapshot
         .edge

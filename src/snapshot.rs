@@ -48,9 +48,11 @@ impl CallKind {
 #[derive(Debug)]
 pub struct Route {
     /// The path template, for logs and metrics (never the raw path).
-    pub template: Box<str>,
+    pub template: Arc<str>,
     /// The gRPC method.
     pub method: MethodDescriptor,
+    /// The method's full name, made once for the metrics' labels.
+    pub method_name: Arc<str>,
     /// `/package.Service/Method`.
     pub grpc_path: PathAndQuery,
     /// Its call shape.
@@ -458,8 +460,9 @@ fn build_route(
     let grpc_path = PathAndQuery::try_from(format!("/{}/{}", service.full_name(), method.name()))
         .map_err(|e| fail(format!("method name is not a valid path: {e}")))?;
     Ok(Route {
-        template: binding.path.clone().into_boxed_str(),
+        template: Arc::from(binding.path.as_str()),
         method: method.clone(),
+        method_name: Arc::from(method.full_name()),
         grpc_path,
         kind: CallKind::of(method),
         request,

@@ -393,7 +393,7 @@ pub struct MessageGate {
     policy: Arc<Policy>,
     principal: Option<Principal>,
     ip: IpAddr,
-    route: Box<str>,
+    route: Arc<str>,
 }
 
 impl MessageGate {

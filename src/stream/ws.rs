@@ -289,7 +289,7 @@ pub fn upgrade(
         going_away: streams.going_away(),
         gate,
         deadline,
-        timer: metrics.upstream(route.method.full_name()),
+        timer: metrics.upstream(&route.method_name),
         _socket: socket,
     };
     tokio::spawn(async move {

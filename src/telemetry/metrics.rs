@@ -3,13 +3,12 @@
 //!
 //! Label values come from bounded sets only (route templates, method names from the descriptors,
 //! known HTTP methods, status codes, gRPC code names), so no client can grow a series count by
-//! varying what it sends. Template and method names are interned as `Arc<str>`, so recording a
-//! request that was seen before clones reference counts but allocates nothing.
+//! varying what it sends. Template and method names are the routes' own `Arc<str>`s, made when the
+//! snapshot is built, so recording a request clones reference counts and takes no lock of ours.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -166,7 +165,6 @@ struct Inner {
     latency: Histograms<LatencyLabels>,
     upstream: Histograms<UpstreamLabels>,
     rejections: Family<RejectionLabels, Counter>,
-    names: Names,
     no_route: Arc<str>,
 }
 
@@ -212,7 +210,6 @@ impl Metrics {
                 latency,
                 upstream,
                 rejections,
-                names: Names::default(),
                 no_route: Arc::from(NO_ROUTE),
             }),
         }
@@ -221,7 +218,7 @@ impl Metrics {
     /// Counts one request and its latency; `route` is the matched template, None for no match.
     pub fn request(
         &self,
-        route: Option<&str>,
+        route: Option<&Arc<str>>,
         method: &Method,
         status: StatusCode,
         protocol: Protocol,
@@ -229,7 +226,7 @@ impl Metrics {
     ) {
         let inner = &*self.inner;
         let route = match route {
-            Some(template) => inner.names.intern(template),
+            Some(template) => template.clone(),
             None => inner.no_route.clone(),
         };
         let latency = LatencyLabels {
@@ -260,10 +257,10 @@ impl Metrics {
     }
 
     /// A timer for calls to `grpc_method` (its full name, e.g. `shop.v1.Catalog.GetProduct`).
-    pub fn upstream(&self, grpc_method: &str) -> UpstreamTimer {
+    pub fn upstream(&self, grpc_method: &Arc<str>) -> UpstreamTimer {
         UpstreamTimer {
             family: self.inner.upstream.clone(),
-            method: self.inner.names.intern(grpc_method),
+            method: grpc_method.clone(),
         }
     }
 
@@ -349,32 +346,6 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Interned label values: one `Arc<str>` per route template or method name ever recorded. The set
-/// only grows with the routes the snapshots define, never with what clients send.
-#[derive(Debug, Default)]
-struct Names(RwLock<HashSet<Arc<str>>>);
-
-impl Names {
-    fn intern(&self, name: &str) -> Arc<str> {
-        // A poisoned lock still holds a valid set: a panic cannot leave a half-inserted Arc.
-        if let Some(found) = self
-            .0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-        {
-            return found.clone();
-        }
-        let mut names = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(found) = names.get(name) {
-            return found.clone();
-        }
-        let interned: Arc<str> = Arc::from(name);
-        names.insert(interned.clone());
-        interned
-    }
-}
-
 /// The stream counters, read when scraped rather than kept twice.
 #[derive(Debug)]
 struct StreamGauges(Arc<StreamStats>);
@@ -443,7 +414,13 @@ mod tests {
         let get = Method::GET;
         let ms = Duration::from_millis(3);
         for _ in 0..3 {
-            m.request(Some("/v1/x/{id}"), &get, StatusCode::OK, Protocol::Http, ms);
+            m.request(
+                Some(&Arc::from("/v1/x/{id}")),
+                &get,
+                StatusCode::OK,
+                Protocol::Http,
+                ms,
+            );
         }
         m.request(None, &get, StatusCode::NOT_FOUND, Protocol::Http, ms);
         let made_up = Method::from_bytes(b"BREW").expect("method");
@@ -496,7 +473,7 @@ mod tests {
     #[test]
     fn upstream_calls_are_timed_by_method_and_code() {
         let (m, _) = metrics();
-        let timer = m.upstream("test.v1.Echo.GetMessage");
+        let timer = m.upstream(&Arc::from("test.v1.Echo.GetMessage"));
         timer.start().finish(&Ok::<(), GatewayError>(()));
         let down = GatewayError::new(crate::error::ErrorKind::Unavailable, "refused");
         timer.start().finish(&Err::<(), _>(down));
@@ -530,14 +507,5 @@ mod tests {
         assert_eq!(sample(&out, "protogate_streams_open"), Some(3.0), "{out}");
         let to_client = r#"protogate_stream_messages_total{direction="to_client"}"#;
         assert_eq!(sample(&out, to_client), Some(7.0), "{out}");
-    }
-
-    #[test]
-    fn names_are_interned_once() {
-        let names = Names::default();
-        let a = names.intern("/v1/x/{id}");
-        let b = names.intern(&String::from("/v1/x/{id}"));
-        assert!(Arc::ptr_eq(&a, &b));
-        assert!(!Arc::ptr_eq(&a, &names.intern("/v1/y")));
     }
 }

@@ -230,19 +230,9 @@ async fn server_stream_on(
     max_response_bytes: usize,
 ) -> Result<ServerStream, GatewayError> {
     let (headers, stream) = open(channel, path, request, max_response_bytes).await?;
-    // Dropping the stream (the client went away) resets the HTTP/2 stream, which the backend
-    // sees as a cancellation.
-    let messages = futures_util::stream::unfold(Some(stream), |state| async move {
-        let mut stream = state?;
-        match stream.message().await {
-            Ok(Some(bytes)) => Some((Ok(bytes), Some(stream))),
-            Ok(None) => None,
-            Err(status) => Some((Err(GatewayError::from_status(status)), None)),
-        }
-    });
     Ok(ServerStream {
         headers,
-        messages: Box::pin(messages),
+        messages: Box::pin(messages(stream)),
     })
 }
 

@@ -35,6 +35,8 @@ pub struct BenchOptions {
     pub rounds: usize,
     /// Request worker threads of the gateway process; None: its default, one per core.
     pub gateway_workers: Option<usize>,
+    /// The gateway process's idle spin; None: its default.
+    pub gateway_idle_spin: Option<Duration>,
 }
 
 /// One scenario's figures.
@@ -62,10 +64,12 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
     let backend = demo::start_bench_backend(stopped)
         .await
         .map_err(|e| format!("bench backend: {e}"))?;
-    let workers = options.gateway_workers;
-    let mut gateway = GatewayProcess::start(backend, None, workers).await?;
+    let spin = options.gateway_idle_spin;
+    let mut gateway = GatewayProcess::start(backend, None, &options, spin).await?;
     // The same gateway with the whole edge at work, for scenario f.
-    let mut edged = GatewayProcess::start(backend, Some(&edge_config()), workers).await?;
+    let mut edged = GatewayProcess::start(backend, Some(&edge_config()), &options, spin).await?;
+    // And one that sleeps as soon as it is idle, for scenario g.
+    let mut sleeper = GatewayProcess::start(backend, None, &options, Some(Duration::ZERO)).await?;
     let http = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
         .build_http::<Full<Bytes>>();
@@ -113,6 +117,20 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
                     concurrency,
                     &options,
                     Some(&mut gateway),
+                    move || send(http.clone(), http::Method::POST, uri.clone(), body.clone()),
+                )
+                .await
+            };
+            let post_sleeping = {
+                let (http, body) = (http.clone(), small_json.clone());
+                let uri: http::Uri = format!("http://{}/v1/echo", sleeper.addr)
+                    .parse()
+                    .map_err(|e| format!("{e}"))?;
+                drive(
+                    "g) POST, no idle spin",
+                    concurrency,
+                    &options,
+                    Some(&mut sleeper),
                     move || send(http.clone(), http::Method::POST, uri.clone(), body.clone()),
                 )
                 .await
@@ -165,7 +183,7 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
             };
             let swapped = swapping.stop().await;
             swaps.0.extend(swapped.0);
-            rounds.push(vec![direct, post, get, during, post_edge]);
+            rounds.push(vec![direct, post, post_sleeping, get, during, post_edge]);
         }
         out.push_str(&format!("\nconcurrency {concurrency}\n"));
         out.push_str(&table(&rounds));
@@ -181,6 +199,7 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
     ));
     gateway.stop().await;
     edged.stop().await;
+    sleeper.stop().await;
     Ok(out)
 }
 
@@ -566,7 +585,8 @@ impl GatewayProcess {
     async fn start(
         backend: SocketAddr,
         config: Option<&str>,
-        workers: Option<usize>,
+        options: &BenchOptions,
+        idle_spin: Option<Duration>,
     ) -> Result<GatewayProcess, String> {
         let dir = TempDir::new()?;
         let set = dir.path.join("bench.binpb");
@@ -574,8 +594,13 @@ impl GatewayProcess {
         let exe = std::env::current_exe().map_err(|e| format!("{e}"))?;
         let mut command = Command::new(exe);
         command.arg("serve");
-        if let Some(workers) = workers {
+        if let Some(workers) = options.gateway_workers {
             command.arg("--workers").arg(workers.to_string());
+        }
+        if let Some(spin) = idle_spin {
+            command
+                .arg("--idle-spin")
+                .arg(format!("{}us", spin.as_micros()));
         }
         if let Some(config) = config {
             let path = dir.path.join("protogate.toml");

@@ -69,6 +69,9 @@ enum Command {
         /// core, 0: the shared multi-threaded runtime.
         #[arg(long)]
         gateway_workers: Option<usize>,
+        /// The gateway's `--idle-spin`, like 100us or 0s; default: its own default.
+        #[arg(long, value_parser = protogate::config::parse_idle_spin)]
+        gateway_idle_spin: Option<std::time::Duration>,
         /// Runs of the scenario sequence at each concurrency; the report gives the medians, and
         /// each ratio is taken within its own run (several damp a noisy machine).
         #[arg(long, default_value_t = 1)]
@@ -120,6 +123,10 @@ struct Inputs {
     /// shared multi-threaded runtime).
     #[arg(long)]
     workers: Option<usize>,
+    /// How long a worker polls for more work after a request before it sleeps, like 100us; 0s
+    /// never spins (overrides `server.idle_spin`).
+    #[arg(long, value_parser = protogate::config::parse_idle_spin)]
+    idle_spin: Option<std::time::Duration>,
 }
 
 impl Inputs {
@@ -152,6 +159,9 @@ impl Inputs {
         }
         if let Some(workers) = self.workers {
             config.server.workers = workers;
+        }
+        if let Some(spin) = self.idle_spin {
+            config.server.idle_spin = spin;
         }
         Ok(config)
     }
@@ -220,6 +230,7 @@ async fn run(command: Command) -> Result<(), String> {
             max_requests,
             ws_idle,
             gateway_workers,
+            gateway_idle_spin,
             rounds,
         } => {
             let valid = |s: f64| s.is_finite() && (0.0..=600.0).contains(&s);
@@ -239,6 +250,7 @@ async fn run(command: Command) -> Result<(), String> {
                 max_requests,
                 ws_idle,
                 gateway_workers,
+                gateway_idle_spin,
                 rounds,
             })
             .await?;

@@ -18,7 +18,7 @@ use crate::routing::UnescapeMode;
 use crate::transcode::bind::{BindOptions, UnknownQuery};
 use crate::transcode::JsonOptions;
 use raw::{RawConfig, RawHttpRule, RawJson};
-pub use server::ServerConfig;
+pub use server::{parse_idle_spin, ServerConfig};
 
 /// The address the gateway listens on when neither the config nor `--listen` says.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

@@ -68,6 +68,7 @@ pub(crate) struct RawServer {
     pub health_path: Option<String>,
     pub ready_path: Option<String>,
     pub workers: Option<u64>,
+    pub idle_spin: Option<String>,
 }
 
 /// `[websocket]`.

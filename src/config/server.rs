@@ -8,6 +8,9 @@ use super::raw::RawServer;
 /// More request threads than this is a mistake, not a setting.
 const MAX_WORKERS: u64 = 1024;
 
+/// A longer spin is a busy loop, not a wait for the next packet.
+const MAX_IDLE_SPIN: Duration = Duration::from_millis(10);
+
 /// The public listener's settings, read once when it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -31,6 +34,9 @@ pub struct ServerConfig {
     /// Request worker threads, each a single-threaded runtime serving whole connections; 0
     /// serves connections on the process's shared multi-threaded runtime instead.
     pub workers: usize,
+    /// How long a worker keeps polling its sockets after a request starts or ends before it
+    /// sleeps; zero never spins. Trades idle CPU for the wake-up latency of a sleeping thread.
+    pub idle_spin: Duration,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +51,7 @@ impl Default for ServerConfig {
             health_path: Some("/healthz".to_owned()),
             ready_path: Some("/readyz".to_owned()),
             workers: crate::server::workers::default_count(),
+            idle_spin: Duration::from_micros(100),
         }
     }
 }
@@ -93,6 +100,14 @@ impl ServerConfig {
             problems.push("server.max_header_bytes: must be at most 1073741824".to_owned());
             max_header_bytes = defaults.max_header_bytes;
         }
+        let idle_spin = match raw.idle_spin.as_deref().map(parse_idle_spin) {
+            None => defaults.idle_spin,
+            Some(Ok(spin)) => spin,
+            Some(Err(e)) => {
+                problems.push(format!("server.idle_spin: {e}"));
+                defaults.idle_spin
+            }
+        };
         ServerConfig {
             max_connections: positive(
                 raw.max_connections,
@@ -129,7 +144,18 @@ impl ServerConfig {
                     defaults.workers
                 }
             },
+            idle_spin,
         }
+    }
+}
+
+/// Reads `server.idle_spin` (or `--idle-spin`): a duration from 0s to 10ms.
+pub fn parse_idle_spin(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(spin) if spin <= MAX_IDLE_SPIN => Ok(spin),
+        _ => Err(format!(
+            "{text:?} is not a duration from 0s to 10ms, like 100us"
+        )),
     }
 }
 
@@ -176,6 +202,7 @@ mod tests {
         assert_eq!(server.compression_min_bytes, 1024);
         assert_eq!(server.health_path.as_deref(), Some("/healthz"));
         assert_eq!(server.ready_path.as_deref(), Some("/readyz"));
+        assert_eq!(server.idle_spin, Duration::from_micros(100));
     }
 
     #[test]
@@ -192,6 +219,7 @@ mod tests {
             health_path = "/live"
             ready_path = ""
             workers = 3
+            idle_spin = "0s"
             "#,
             Path::new("."),
         )
@@ -208,6 +236,7 @@ mod tests {
                 health_path: Some("/live".to_owned()),
                 ready_path: None,
                 workers: 3,
+                idle_spin: Duration::ZERO,
             }
         );
     }
@@ -224,6 +253,7 @@ mod tests {
             health_path = "healthz"
             ready_path = "/ready?x"
             workers = 5000
+            idle_spin = "1s"
             "#,
             Path::new("."),
         )
@@ -237,6 +267,7 @@ mod tests {
             "server.health_path",
             "server.ready_path",
             "server.workers",
+            "server.idle_spin",
         ] {
             assert!(text.contains(key), "{key} missing from {text}");
         }

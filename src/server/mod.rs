@@ -3,6 +3,7 @@
 
 mod compression;
 mod health;
+pub mod spin;
 pub mod workers;
 
 use std::convert::Infallible;
@@ -50,7 +51,7 @@ pub async fn run(
     // Connections go to the worker threads, or stay on the caller's runtime with `workers = 0`.
     let workers = match config.workers {
         0 => None,
-        n => Some(Workers::start(n)?),
+        n => Some(Workers::start(n, config.idle_spin)?),
     };
     let builder = Arc::new(connection_builder(&config));
     let front = Arc::new(Front {
@@ -181,8 +182,18 @@ struct Front {
 }
 
 impl Front {
-    /// Header limit, then health endpoints, then the gateway.
+    /// Serves one request on the worker that owns its connection.
     async fn serve(&self, request: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        // A request and its response are the moments the next event (the backend's answer, the
+        // client's next request) is likely to come soon: spin for it rather than sleep.
+        spin::busy();
+        let response = self.answer(request, remote).await;
+        spin::busy();
+        response
+    }
+
+    /// Header limit, then health endpoints, then the gateway.
+    async fn answer(&self, request: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         let size = header_bytes(request.headers());
         if size > self.max_header_bytes {
             tracing::info!(

@@ -7,12 +7,13 @@ use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 /// How long a stopping worker waits for its blocking tasks.
-const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+const SHUTDOWN_WAIT: Duration = Duration::from_millis(500);
 
 /// Every worker thread of the process gets its own serial, so state made by one worker's
 /// runtime is never used by a worker of another set that happens to have the same index.
@@ -49,8 +50,9 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` worker threads (at least one).
-    pub fn start(count: usize) -> std::io::Result<Workers> {
+    /// Starts `count` worker threads (at least one), each spinning for `idle_spin` after
+    /// activity before it sleeps (see [`spin`](super::spin)).
+    pub fn start(count: usize, idle_spin: Duration) -> std::io::Result<Workers> {
         let count = count.max(1);
         let mut workers = Workers {
             handles: Vec::with_capacity(count),
@@ -75,7 +77,13 @@ impl Workers {
                 .spawn(move || {
                     CURRENT.with(|current| current.set(Some(worker)));
                     // Spawned connections run while the thread waits here for the stop.
-                    let _ = runtime.block_on(stopped);
+                    let spin = super::spin::spinner(idle_spin);
+                    runtime.block_on(async {
+                        tokio::select! {
+                            _ = stopped => {}
+                            _ = spin => {}
+                        }
+                    });
                     // A blocking task still running (a DNS lookup) must not hold the stop up.
                     runtime.shutdown_timeout(SHUTDOWN_WAIT);
                 })?;
@@ -131,7 +139,7 @@ mod tests {
 
     #[test]
     fn tasks_go_round_robin_and_know_their_worker() {
-        let workers = Workers::start(2).unwrap();
+        let workers = Workers::start(2, Duration::ZERO).unwrap();
         assert_eq!(workers.len(), 2);
         let (tx, rx) = std::sync::mpsc::channel();
         for _ in 0..4 {
@@ -166,7 +174,7 @@ mod tests {
 
     #[test]
     fn dropping_the_set_stops_its_threads_and_cancels_their_tasks() {
-        let workers = Workers::start(1).unwrap();
+        let workers = Workers::start(1, Duration::from_micros(50)).unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         workers.spawn(async move {
             let _keep = tx;

@@ -113,7 +113,9 @@ pub async fn unary(
 ) -> Result<UnaryReply, GatewayError> {
     on_some_address(backend, parts, |address, parts| {
         let path = &path;
-        timed(timer, async move {
+        // Boxed: the attempt is most of the call's state, and the callers' futures (timeout,
+        // gateway, hyper's service) would each copy it whole as they are built and moved.
+        Box::pin(timed(timer, async move {
             address
                 .unary()
                 .unary(
@@ -124,7 +126,7 @@ pub async fn unary(
                     max_response_bytes,
                 )
                 .await
-        })
+        }))
     })
     .await
 }

@@ -89,6 +89,8 @@ impl Connection {
         if let Err(err) = send.send_data(body, true) {
             return Err(self.failed(err));
         }
+        // The answer is a backend round trip away: the worker spins for it from here.
+        crate::server::spin::busy();
         let response = response.await.map_err(|err| self.failed(err))?;
         let (head, mut body) = response.into_parts();
         if head.status != http::StatusCode::OK {

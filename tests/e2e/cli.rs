@@ -431,6 +431,21 @@ async fn upstream_must_be_http() {
 }
 
 #[tokio::test]
+async fn idle_spin_is_bounded() {
+    for value in ["1s", "soon"] {
+        let run = protogate(["serve", "--listen", "127.0.0.1:0", "--idle-spin", value]).await;
+        let stderr = run.assert_failed();
+        assert!(
+            stderr.contains("--idle-spin") && stderr.contains(value) && stderr.contains("10ms"),
+            "{stderr}"
+        );
+    }
+    let run = with_config(&["check"], "[server]\nidle_spin = \"20ms\"\n").await;
+    let stderr = run.assert_failed();
+    assert!(stderr.contains("server.idle_spin"), "{stderr}");
+}
+
+#[tokio::test]
 async fn committed_shop_descriptors_are_current() {
     // What `protos/shop/v1/*.proto` expands to in the command documented in src/demo/mod.rs.
     let mut protos: Vec<PathBuf> = std::fs::read_dir(support::repo().join("protos/shop/v1"))

@@ -180,7 +180,8 @@ async fn unary_calls_reconnect_to_a_backend_that_restarted() {
 
 #[tokio::test]
 async fn every_worker_count_serves_concurrent_connections() {
-    for workers in [0, 1, 3] {
+    // The spin setting with each: none, the default, and the longest.
+    for (workers, spin) in [(0, "100us"), (1, "0s"), (3, "100us"), (2, "10ms")] {
         let registry = test_registry();
         let (_stop, stopped) = watch::channel(());
         let (addr, stats) = demo::start_mirror(registry.pool().clone(), stopped)
@@ -193,6 +194,7 @@ async fn every_worker_count_serves_concurrent_connections() {
             addresses = ["http://{addr}"]
             [server]
             workers = {workers}
+            idle_spin = "{spin}"
             "#
         );
         let config = Config::from_toml(&toml, Path::new(".")).expect("config");
@@ -213,13 +215,17 @@ async fn every_worker_count_serves_concurrent_connections() {
             }
         });
         for (i, status, body) in futures_util::future::join_all(calls).await {
-            assert_eq!(status, 200, "workers = {workers}: {body}");
-            assert_eq!(body["messageId"], i.to_string(), "workers = {workers}");
+            assert_eq!(status, 200, "workers = {workers}, spin {spin}: {body}");
+            assert_eq!(
+                body["messageId"],
+                i.to_string(),
+                "workers = {workers}, spin {spin}"
+            );
         }
         assert_eq!(
             stats.calls.load(Ordering::Relaxed),
             12,
-            "workers = {workers}"
+            "workers = {workers}, spin {spin}"
         );
     }
 }

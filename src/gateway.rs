@@ -184,7 +184,16 @@ async fn call(
             timeout,
             deadline: stream_deadline,
         };
-        return stream::serve(snapshot, route.clone(), call, store.streams(), &timer).await;
+        // Streams' futures are boxed: their state is several KiB, and inline it would make every
+        // request's future that large, unary ones included, and copied whole as it is built.
+        return Box::pin(stream::serve(
+            snapshot,
+            route.clone(),
+            call,
+            store.streams(),
+            &timer,
+        ))
+        .await;
     }
     // HttpBody responses are written raw whatever Accept says. Streams are JSON, framed as
     // NDJSON, an array or SSE (chosen from Accept by `stream::Framing`), so an Accept that allows
@@ -260,7 +269,7 @@ async fn call(
             Ok(response)
         }
         CallKind::ServerStreaming => {
-            let stream = tokio::time::timeout(
+            let stream = Box::pin(tokio::time::timeout(
                 timeout,
                 upstream::server_stream(
                     backend,
@@ -269,7 +278,7 @@ async fn call(
                     config.max_response_bytes,
                     &timer,
                 ),
-            )
+            ))
             .await
             .map_err(|_| deadline_exceeded(timeout))??
             .until(stream_deadline.map(|d| tokio::time::Instant::from_std(started_at) + d));

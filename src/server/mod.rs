@@ -88,7 +88,9 @@ pub async fn run(
         let service = ServiceBuilder::new().layer(compression.clone()).service_fn(
             move |request: Request<Incoming>| {
                 let front = front.clone();
-                async move { Ok::<_, Infallible>(front.serve(request, remote).await) }
+                // Boxed once here, the request's whole future (several KiB) is never copied
+                // again as hyper and tower move theirs around.
+                Box::pin(async move { Ok::<_, Infallible>(front.serve(request, remote).await) })
             },
         );
         let builder = builder.clone();
@@ -211,14 +213,7 @@ impl Front {
         if let Some(response) = self.health.answer(&self.store, &request).await {
             return response;
         }
-        // The gateway's future is several KiB; boxed, hyper and tower move a pointer around
-        // instead of copying it at each layer.
-        Box::pin(gateway::handle(
-            &self.store,
-            request.map(Body::new),
-            Some(remote),
-        ))
-        .await
+        gateway::handle(&self.store, request.map(Body::new), Some(remote)).await
     }
 
     fn headers_too_large(&self, size: usize) -> Response<Body> {

@@ -1,5 +1,5 @@
-//! Spinning before parking: after a request starts or its response is ready, a worker keeps
-//! polling its sockets for a short window instead of sleeping in the kernel. On a virtual machine
+//! Spinning before parking: after a request arrives, its backend call is sent or its response is
+//! ready, a worker keeps polling its sockets for a short window instead of sleeping in the kernel. On a virtual machine
 //! a sleeping thread costs tens of microseconds to wake, paid twice per proxied request (when the
 //! request arrives and when the backend answers), so a brief spin catches those events while the
 //! thread is still running. The spin ends after the window with no activity, so an idle gateway

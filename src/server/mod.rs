@@ -51,7 +51,10 @@ pub async fn run(
     // Connections go to the worker threads, or stay on the caller's runtime with `workers = 0`.
     let workers = match config.workers {
         0 => None,
-        n => Some(Workers::start(n, config.idle_spin)?),
+        n => Some(Workers::start(
+            n,
+            spin::IdleSpin::new(config.idle_spin, store.metrics().idle_spin()),
+        )?),
     };
     let builder = Arc::new(connection_builder(&config));
     let front = Arc::new(Front {

@@ -7,12 +7,28 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
 thread_local! {
     static SPIN: RefCell<Option<Rc<Spin>>> = const { RefCell::new(None) };
+}
+
+/// A worker set's spin setting: how long to spin, and the counter its spinning time is added to.
+#[derive(Debug, Clone, Default)]
+pub struct IdleSpin {
+    window: Duration,
+    spun: Arc<AtomicU64>,
+}
+
+impl IdleSpin {
+    /// Spins of `window`, each adding its length in nanoseconds to `spun` as it ends.
+    pub fn new(window: Duration, spun: Arc<AtomicU64>) -> IdleSpin {
+        IdleSpin { window, spun }
+    }
 }
 
 /// One worker's spinner state, shared by its requests and its spin loop (same thread).
@@ -46,8 +62,8 @@ pub fn busy() {
 /// polls the sockets without sleeping whenever a task yields) until `window` passes with no
 /// further activity. The loop never ends; with a zero window nothing is installed and it only
 /// waits.
-pub fn spinner(window: Duration) -> impl std::future::Future<Output = ()> {
-    let spin = (!window.is_zero()).then(|| {
+pub fn spinner(setting: IdleSpin) -> impl std::future::Future<Output = ()> {
+    let spin = (!setting.window.is_zero()).then(|| {
         let spin = Rc::new(Spin::default());
         spin.asleep.set(true);
         SPIN.with(|s| *s.borrow_mut() = Some(spin.clone()));
@@ -55,19 +71,21 @@ pub fn spinner(window: Duration) -> impl std::future::Future<Output = ()> {
     });
     async move {
         match spin {
-            Some(spin) => run(&spin, window).await,
+            Some(spin) => run(&spin, &setting).await,
             None => std::future::pending().await,
         }
     }
 }
 
-async fn run(spin: &Spin, window: Duration) {
+async fn run(spin: &Spin, setting: &IdleSpin) {
+    let window = setting.window;
     loop {
         // A permit left by an earlier `busy` can end a wait early: the flag decides.
         while spin.asleep.get() {
             spin.wake.notified().await;
         }
-        let mut deadline = Instant::now() + window;
+        let started = Instant::now();
+        let mut deadline = started + window;
         loop {
             // The thread's own yield too: a process that shares this core (the backend on the
             // same host, say) runs now rather than waiting out the spin.
@@ -78,6 +96,8 @@ async fn run(spin: &Spin, window: Duration) {
             if spin.active.replace(false) {
                 deadline = now + window;
             } else if now >= deadline {
+                let spun = u64::try_from((now - started).as_nanos()).unwrap_or(u64::MAX);
+                setting.spun.fetch_add(spun, Ordering::Relaxed);
                 break;
             }
         }
@@ -97,12 +117,12 @@ mod tests {
 
     /// Runs `check` on a current-thread runtime whose block_on future also runs the spin loop,
     /// as a worker does.
-    fn on_worker(window: Duration, check: impl std::future::Future<Output = ()>) {
+    fn on_worker(setting: IdleSpin, check: impl std::future::Future<Output = ()>) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let spin = spinner(window);
+        let spin = spinner(setting);
         runtime.block_on(async {
             tokio::select! {
                 _ = spin => unreachable!("the spin loop never ends"),
@@ -113,7 +133,9 @@ mod tests {
 
     #[test]
     fn busy_starts_a_spin_that_ends_after_the_window() {
-        on_worker(Duration::from_millis(200), async {
+        let spun = Arc::new(AtomicU64::new(0));
+        let setting = IdleSpin::new(Duration::from_millis(200), spun.clone());
+        on_worker(setting, async {
             tokio::task::yield_now().await;
             let (asleep, turns) = state().unwrap();
             assert!(asleep, "no spin before any activity");
@@ -128,6 +150,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(400)).await;
             let (asleep, after) = state().unwrap();
             assert!(asleep, "still spinning after the window");
+            // The spin that ended lasted at least its window, and was counted.
+            let counted = Duration::from_nanos(spun.load(Ordering::Relaxed));
+            assert!(counted >= Duration::from_millis(200), "{counted:?}");
+            assert!(counted < Duration::from_millis(410), "{counted:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert_eq!(state().unwrap().1, after);
             // Activity wakes it again.
@@ -139,25 +165,28 @@ mod tests {
 
     #[test]
     fn activity_keeps_it_spinning() {
-        on_worker(Duration::from_millis(200), async {
-            busy();
-            // Three windows long in all, with activity every tenth of one.
-            for _ in 0..30 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                assert!(!state().unwrap().0, "stopped while activity went on");
+        on_worker(
+            IdleSpin::new(Duration::from_millis(200), Default::default()),
+            async {
                 busy();
-            }
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            assert!(
-                state().unwrap().0,
-                "still spinning after the activity stopped"
-            );
-        });
+                // Three windows long in all, with activity every tenth of one.
+                for _ in 0..30 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    assert!(!state().unwrap().0, "stopped while activity went on");
+                    busy();
+                }
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                assert!(
+                    state().unwrap().0,
+                    "still spinning after the activity stopped"
+                );
+            },
+        );
     }
 
     #[test]
     fn a_zero_window_never_spins() {
-        on_worker(Duration::ZERO, async {
+        on_worker(IdleSpin::default(), async {
             busy();
             tokio::time::sleep(Duration::from_millis(5)).await;
             assert_eq!(state(), None, "no spinner is installed");

@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use super::spin::IdleSpin;
+
 /// How long a stopping worker waits for its blocking tasks.
 const SHUTDOWN_WAIT: Duration = Duration::from_millis(500);
 
@@ -52,7 +54,7 @@ pub struct Workers {
 impl Workers {
     /// Starts `count` worker threads (at least one), each spinning for `idle_spin` after
     /// activity before it sleeps (see [`spin`](super::spin)).
-    pub fn start(count: usize, idle_spin: Duration) -> std::io::Result<Workers> {
+    pub fn start(count: usize, idle_spin: IdleSpin) -> std::io::Result<Workers> {
         let count = count.max(1);
         let mut workers = Workers {
             handles: Vec::with_capacity(count),
@@ -72,6 +74,7 @@ impl Workers {
             let (stop, stopped) = oneshot::channel::<()>();
             workers.handles.push(runtime.handle().clone());
             workers.stops.push(stop);
+            let idle_spin = idle_spin.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("protogate-worker-{index}"))
                 .spawn(move || {
@@ -139,7 +142,7 @@ mod tests {
 
     #[test]
     fn tasks_go_round_robin_and_know_their_worker() {
-        let workers = Workers::start(2, Duration::ZERO).unwrap();
+        let workers = Workers::start(2, IdleSpin::default()).unwrap();
         assert_eq!(workers.len(), 2);
         let (tx, rx) = std::sync::mpsc::channel();
         for _ in 0..4 {
@@ -174,7 +177,11 @@ mod tests {
 
     #[test]
     fn dropping_the_set_stops_its_threads_and_cancels_their_tasks() {
-        let workers = Workers::start(1, Duration::from_micros(50)).unwrap();
+        let workers = Workers::start(
+            1,
+            IdleSpin::new(Duration::from_micros(50), Default::default()),
+        )
+        .unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         workers.spawn(async move {
             let _keep = tx;

@@ -7,7 +7,7 @@
 //! snapshot is built, so recording a request clones reference counts and takes no lock of ours.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -166,6 +166,8 @@ struct Inner {
     upstream: Histograms<UpstreamLabels>,
     rejections: Family<RejectionLabels, Counter>,
     no_route: Arc<str>,
+    /// Nanoseconds the request workers have spent spinning, added by each spin as it ends.
+    spun: Arc<AtomicU64>,
 }
 
 impl Metrics {
@@ -203,6 +205,8 @@ impl Metrics {
             rejections.clone(),
         );
         registry.register_collector(Box::new(StreamGauges(streams)));
+        let spun = Arc::new(AtomicU64::new(0));
+        registry.register_collector(Box::new(SpinTime(spun.clone())));
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -211,8 +215,14 @@ impl Metrics {
                 upstream,
                 rejections,
                 no_route: Arc::from(NO_ROUTE),
+                spun,
             }),
         }
+    }
+
+    /// The counter the request workers add their spinning time to, in nanoseconds.
+    pub fn idle_spin(&self) -> Arc<AtomicU64> {
+        self.inner.spun.clone()
     }
 
     /// Counts one request and its latency; `route` is the matched template, None for no match.
@@ -388,6 +398,23 @@ impl Collector for StreamGauges {
     }
 }
 
+/// The workers' spinning time, read when scraped: what `server.idle_spin` costs in CPU.
+#[derive(Debug)]
+struct SpinTime(Arc<AtomicU64>);
+
+impl Collector for SpinTime {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let seconds = self.0.load(Ordering::Relaxed) as f64 / 1e9;
+        let counter = ConstCounter::new(seconds);
+        counter.encode(encoder.encode_descriptor(
+            "idle_spin",
+            "Time the request workers spent polling for work instead of sleeping (server.idle_spin)",
+            Some(&Unit::Seconds),
+            counter.metric_type(),
+        )?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     // Unwraps here are assertions on test data: a failure fails the test.
@@ -406,6 +433,16 @@ mod tests {
     fn sample(text: &str, series: &str) -> Option<f64> {
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn idle_spin_time_is_a_counter_in_seconds() {
+        let (m, _) = metrics();
+        let series = "protogate_idle_spin_seconds_total";
+        assert_eq!(sample(&text(&m), series), Some(0.0));
+        m.idle_spin().fetch_add(1_500_000_000, Ordering::Relaxed);
+        assert_eq!(sample(&text(&m), series), Some(1.5));
+        assert!(text(&m).contains("# TYPE protogate_idle_spin_seconds counter"));
     }
 
     #[test]

@@ -267,7 +267,7 @@ mod tests {
             .iter()
             .map(|c| c as *const Channel as usize)
             .collect();
-        let workers = crate::server::workers::Workers::start(2, std::time::Duration::ZERO).unwrap();
+        let workers = crate::server::workers::Workers::start(2, Default::default()).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         for _ in 0..8 {
             let (backend, tx) = (backend.clone(), tx.clone());

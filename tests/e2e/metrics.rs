@@ -276,3 +276,31 @@ async fn the_websocket_gauge_follows_open_sockets() {
     }
     panic!("the gauge did not return to 0: {last}");
 }
+
+#[tokio::test]
+async fn idle_spin_time_is_counted() {
+    let series = "protogate_idle_spin_seconds_total";
+    for spin in ["10ms", "0s"] {
+        let toml = format!("[server]\nworkers = 1\nidle_spin = \"{spin}\"\n");
+        let (gw, _mirror) = gateway(&toml).await;
+        assert_eq!(gw.gateway.get("/v1/messages/a").await.0, 200);
+        // A spin is counted when it ends, its window after the response at the earliest.
+        let mut seconds = 0.0;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            seconds = sample(&scrape(&gw).await, series).expect("the series is there");
+            if seconds > 0.0 {
+                break;
+            }
+        }
+        if spin == "0s" {
+            assert_eq!(
+                seconds, 0.0,
+                "a worker that never spins counted {seconds} s"
+            );
+        } else {
+            // The window is the least one spin lasts; a second covers any wait for the CPU.
+            assert!((0.010..1.0).contains(&seconds), "spun for {seconds} s");
+        }
+    }
+}

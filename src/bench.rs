@@ -88,19 +88,37 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
     ));
     let small_json =
         Bytes::from(serde_json::to_vec(&small()).map_err(|e| format!("bench body: {e}"))?);
-    let post_uri: http::Uri = format!("http://{}/v1/echo", gateway.addr)
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let get_uri: http::Uri = format!(
-        "http://{}/v1/echo/widget?count=42&total=123456789&active=true&score=98.5",
-        gateway.addr
-    )
-    .parse()
-    .map_err(|e| format!("{e}"))?;
+    let post = Rest::new(
+        http::Method::POST,
+        gateway.addr,
+        "/v1/echo",
+        small_json.clone(),
+    )?;
+    let get = Rest::new(
+        http::Method::GET,
+        gateway.addr,
+        "/v1/echo/widget?count=42&total=123456789&active=true&score=98.5",
+        Bytes::new(),
+    )?;
+    let post_sleeping = Rest::new(
+        http::Method::POST,
+        sleeper.addr,
+        "/v1/echo",
+        small_json.clone(),
+    )?;
+    let post_edge = Rest {
+        headers: EDGE_HEADERS,
+        ..Rest::new(http::Method::POST, edged.addr, "/v1/echo", small_json)?
+    };
 
     for &concurrency in &options.concurrency {
         let mut rounds = Vec::with_capacity(options.rounds.max(1));
         let mut swaps = Swaps(Vec::new());
+        let load = Load {
+            concurrency,
+            options: &options,
+            http: &http,
+        };
         for _ in 0..options.rounds.max(1) {
             let direct = {
                 let grpc = grpc.clone();
@@ -110,80 +128,29 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
                 })
                 .await
             };
-            let post = {
-                let (http, uri, body) = (http.clone(), post_uri.clone(), small_json.clone());
-                drive(
-                    "b) REST POST JSON",
-                    concurrency,
-                    &options,
-                    Some(&mut gateway),
-                    move || send(http.clone(), http::Method::POST, uri.clone(), body.clone()),
-                )
-                .await
-            };
-            let post_sleeping = {
-                let (http, body) = (http.clone(), small_json.clone());
-                let uri: http::Uri = format!("http://{}/v1/echo", sleeper.addr)
-                    .parse()
-                    .map_err(|e| format!("{e}"))?;
-                drive(
-                    "g) POST, no idle spin",
-                    concurrency,
-                    &options,
-                    Some(&mut sleeper),
-                    move || send(http.clone(), http::Method::POST, uri.clone(), body.clone()),
-                )
-                .await
-            };
-            let get = {
-                let (http, uri) = (http.clone(), get_uri.clone());
-                drive(
-                    "c) REST GET path+query",
-                    concurrency,
-                    &options,
-                    Some(&mut gateway),
-                    move || send(http.clone(), http::Method::GET, uri.clone(), Bytes::new()),
-                )
-                .await
-            };
-            let post_edge = {
-                let (http, body) = (http.clone(), small_json.clone());
-                let uri: http::Uri = format!("http://{}/v1/echo", edged.addr)
-                    .parse()
-                    .map_err(|e| format!("{e}"))?;
-                drive(
-                    "f) POST + full edge",
-                    concurrency,
-                    &options,
-                    Some(&mut edged),
-                    move || {
-                        send_with(
-                            http.clone(),
-                            http::Method::POST,
-                            uri.clone(),
-                            body.clone(),
-                            EDGE_HEADERS,
-                        )
-                    },
-                )
-                .await
-            };
+            let post_figures = load.drive("b) REST POST JSON", &mut gateway, &post).await;
+            let sleeping = load
+                .drive("g) POST, no idle spin", &mut sleeper, &post_sleeping)
+                .await;
+            let get_figures = load
+                .drive("c) REST GET path+query", &mut gateway, &get)
+                .await;
+            let edge = load
+                .drive("f) POST + full edge", &mut edged, &post_edge)
+                .await;
             // The same GETs while the admin API swaps a 1,000-service set in every SWAP_EVERY.
             let swapping = Swapper::start(http.clone(), gateway.admin, swap_set.clone());
-            let during = {
-                let (http, uri) = (http.clone(), get_uri.clone());
-                drive(
-                    "e) GET during swaps",
-                    concurrency,
-                    &options,
-                    Some(&mut gateway),
-                    move || send(http.clone(), http::Method::GET, uri.clone(), Bytes::new()),
-                )
-                .await
-            };
+            let during = load.drive("e) GET during swaps", &mut gateway, &get).await;
             let swapped = swapping.stop().await;
             swaps.0.extend(swapped.0);
-            rounds.push(vec![direct, post, post_sleeping, get, during, post_edge]);
+            rounds.push(vec![
+                direct,
+                post_figures,
+                sleeping,
+                get_figures,
+                during,
+                edge,
+            ]);
         }
         out.push_str(&format!("\nconcurrency {concurrency}\n"));
         out.push_str(&table(&rounds));
@@ -442,41 +409,86 @@ fn small() -> Small {
     }
 }
 
-async fn send(
-    client: Client<HttpConnector, Full<Bytes>>,
+/// One kind of REST request a scenario repeats.
+#[derive(Debug, Clone)]
+struct Rest {
     method: http::Method,
     uri: http::Uri,
+    /// Sent as JSON.
     body: Bytes,
-) -> bool {
-    send_with(client, method, uri, body, &[]).await
+    headers: &'static [(&'static str, &'static str)],
 }
 
-async fn send_with(
-    client: Client<HttpConnector, Full<Bytes>>,
-    method: http::Method,
-    uri: http::Uri,
-    body: Bytes,
-    headers: &[(&'static str, &'static str)],
-) -> bool {
-    let mut request = http::Request::new(Full::new(body));
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    request.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    for (name, value) in headers {
-        request.headers_mut().insert(
-            http::HeaderName::from_static(name),
-            http::HeaderValue::from_static(value),
-        );
+impl Rest {
+    fn new(
+        method: http::Method,
+        addr: SocketAddr,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Rest, String> {
+        let uri = format!("http://{addr}{path}")
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        Ok(Rest {
+            method,
+            uri,
+            body,
+            headers: &[],
+        })
     }
-    match client.request(request).await {
-        Ok(response) => {
-            let ok = response.status() == http::StatusCode::OK;
-            ok && response.into_body().collect().await.is_ok()
+
+    /// Sends it once; true when the answer is a 200 read to its end.
+    async fn send(&self, client: &Client<HttpConnector, Full<Bytes>>) -> bool {
+        let mut request = http::Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        request.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        for (name, value) in self.headers {
+            request.headers_mut().insert(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_static(value),
+            );
         }
-        Err(_) => false,
+        match client.request(request).await {
+            Ok(response) => {
+                let ok = response.status() == http::StatusCode::OK;
+                ok && response.into_body().collect().await.is_ok()
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// What every REST scenario of a round shares: its concurrency, the bench's bounds, the client.
+struct Load<'a> {
+    concurrency: usize,
+    options: &'a BenchOptions,
+    http: &'a Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Load<'_> {
+    /// Drives `rest` at `gateway`, whose CPU the figures report.
+    async fn drive(
+        &self,
+        name: &'static str,
+        gateway: &mut GatewayProcess,
+        rest: &Rest,
+    ) -> Figures {
+        let (http, rest) = (self.http.clone(), Arc::new(rest.clone()));
+        drive(
+            name,
+            self.concurrency,
+            self.options,
+            Some(gateway),
+            move || {
+                let (http, rest) = (http.clone(), rest.clone());
+                async move { rest.send(&http).await }
+            },
+        )
+        .await
     }
 }
 

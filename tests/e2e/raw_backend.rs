@@ -119,13 +119,7 @@ async fn an_answer_without_grpc_status_is_a_bad_gateway() {
 async fn broken_answers_get_the_status_grpc_gives_them() {
     let gw = gateway_over_raw_backend().await;
     // HTTP 503 without gRPC: UNAVAILABLE, by gRPC's HTTP-to-gRPC table.
-    let resp = gw
-        .client
-        .delete(gw.url("/v1/messages/1"))
-        .send()
-        .await
-        .expect("request");
-    let (status, body) = crate::support::read(resp).await;
+    let (status, body) = gw.send("DELETE", "/v1/messages/1", "").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], 14, "{body}");
     // Two messages for a unary call: the backend broke the protocol.

@@ -182,23 +182,11 @@ async fn unary_calls_reconnect_to_a_backend_that_restarted() {
 async fn every_worker_count_serves_concurrent_connections() {
     // The spin setting with each: none, the default, and the longest.
     for (workers, spin) in [(0, "100us"), (1, "0s"), (3, "100us"), (2, "10ms")] {
-        let registry = test_registry();
-        let (_stop, stopped) = watch::channel(());
-        let (addr, stats) = demo::start_mirror(registry.pool().clone(), stopped)
-            .await
-            .expect("mirror");
-        let toml = format!(
-            r#"
-            default_backend = "m"
-            [backends.m]
-            addresses = ["http://{addr}"]
-            [server]
-            workers = {workers}
-            idle_spin = "{spin}"
-            "#
-        );
-        let config = Config::from_toml(&toml, Path::new(".")).expect("config");
-        let gw = Gateway::with(config, registry).await;
+        let gw = Gateway::mirror(&format!(
+            "[server]\nworkers = {workers}\nidle_spin = \"{spin}\"\n"
+        ))
+        .await;
+        let stats = gw.mirror.clone().expect("a mirror backend");
         // No idle connections kept: each request is a connection of its own, so they are
         // handed to the workers in turn.
         let client = reqwest::Client::builder()

@@ -431,6 +431,76 @@ async fn upstream_must_be_http() {
 }
 
 #[tokio::test]
+async fn load_bench_runs_every_scenario_on_loopback() {
+    let run = protogate([
+        "bench",
+        "--concurrency",
+        "2",
+        "--seconds",
+        "0.2",
+        "--warmup",
+        "0.05",
+        "--ws-idle",
+        "5",
+        "--max-requests",
+        "200",
+    ])
+    .await;
+    run.assert_ok();
+    let out = &run.stdout;
+    let first = out.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("backend 127.0.0.1:") && first.contains(" at 127.0.0.1:"),
+        "{out}"
+    );
+    for name in [
+        "a) gRPC direct",
+        "b) REST POST JSON",
+        "g) POST, no idle spin",
+        "c) REST GET path+query",
+        "e) GET during swaps",
+        "f) POST + full edge",
+    ] {
+        let fields: Vec<&str> = out
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} row in:\n{out}"))
+            .split_whitespace()
+            .collect();
+        // req/s, errors, p50, p99, p99.9, gateway CPU, ratio, added p50.
+        assert_eq!(fields.len(), 8, "{name}: {fields:?}");
+        let number = |i: usize| fields[i].parse::<f64>().unwrap_or(-1.0);
+        assert!(number(0) > 0.0, "{name} served nothing: {fields:?}");
+        assert_eq!(fields[1], "0", "{name} had errors: {fields:?}");
+        assert!(number(6) > 0.0, "{name} has no ratio: {fields:?}");
+        if name.starts_with("a)") {
+            assert_eq!(fields[5], "-", "direct gRPC has no gateway CPU");
+        } else {
+            assert!(number(5) > 0.0, "{name} has no gateway CPU: {fields:?}");
+        }
+    }
+    assert!(out.contains("(0 refused)"), "{out}");
+    let ws = out
+        .lines()
+        .find_map(|line| line.strip_prefix("WebSocket via gateway"))
+        .unwrap_or_else(|| panic!("no WebSocket row in:\n{out}"));
+    assert!(ws.contains("ratio"), "{ws}");
+    assert!(
+        out.contains("idle streams held open: 5 WebSockets"),
+        "{out}"
+    );
+    let rss: u64 = out
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("gateway peak RSS: ")?
+                .strip_suffix(" KiB")
+        })
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0);
+    assert!(rss > 0, "{out}");
+}
+
+#[tokio::test]
 async fn idle_spin_is_bounded() {
     for value in ["1s", "soon"] {
         let run = protogate(["serve", "--listen", "127.0.0.1:0", "--idle-spin", value]).await;

@@ -77,6 +77,19 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         rounds: usize,
     },
+    /// The load bench's floor relay (scenario h), which the bench runs in its own process.
+    #[command(hide = true)]
+    BenchRelay {
+        /// The bench backend's address.
+        #[arg(long)]
+        upstream: SocketAddr,
+        /// Worker threads; default: one per core.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// The workers' idle spin; default: the gateway's.
+        #[arg(long, value_parser = protogate::config::parse_idle_spin)]
+        idle_spin: Option<std::time::Duration>,
+    },
     /// Start the bundled example shop services and the gateway in front of them.
     Demo {
         /// The gateway's address.
@@ -257,6 +270,11 @@ async fn run(command: Command) -> Result<(), String> {
             print!("{report}");
             Ok(())
         }
+        Command::BenchRelay {
+            upstream,
+            workers,
+            idle_spin,
+        } => protogate::bench::serve_relay(upstream, workers, idle_spin).await,
         Command::Demo { listen } => {
             let (_stop, stopped) = tokio::sync::watch::channel(());
             let addrs = demo::start_shop(stopped)

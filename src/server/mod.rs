@@ -147,7 +147,7 @@ pub async fn run(
 }
 
 /// hyper's settings for every connection of the listener.
-fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
+pub(crate) fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let headroom = config.max_header_bytes.saturating_add(HEADER_SLACK);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -10,4 +10,5 @@ mod metadata;
 pub use backends::{BackendChannel, Backends};
 pub use call::{server_stream, streaming, unary, CallParts, ServerStream, UnaryReply};
 pub use codec::{DynamicCodec, Outgoing};
+pub(crate) use connection::Connection;
 pub use metadata::{request_metadata, response_headers};

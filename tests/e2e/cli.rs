@@ -457,6 +457,7 @@ async fn load_bench_runs_every_scenario_on_loopback() {
         "a) gRPC direct",
         "b) REST POST JSON",
         "g) POST, no idle spin",
+        "h) floor: hyper→h2 relay",
         "c) REST GET path+query",
         "e) GET during swaps",
         "f) POST + full edge",

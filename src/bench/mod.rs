@@ -15,6 +15,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::demo;
+pub use relay::serve as serve_relay;
+
+mod relay;
 use crate::proto::bench::v1::{bench_service_client::BenchServiceClient, Small};
 
 /// How long and how hard to drive each scenario.
@@ -65,11 +68,13 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
         .await
         .map_err(|e| format!("bench backend: {e}"))?;
     let spin = options.gateway_idle_spin;
-    let mut gateway = GatewayProcess::start(backend, None, &options, spin).await?;
+    let gateway = ServerProcess::start(backend, None, &options, spin).await?;
     // The same gateway with the whole edge at work, for scenario f.
-    let mut edged = GatewayProcess::start(backend, Some(&edge_config()), &options, spin).await?;
+    let edged = ServerProcess::start(backend, Some(&edge_config()), &options, spin).await?;
     // And one that sleeps as soon as it is idle, for scenario g.
-    let mut sleeper = GatewayProcess::start(backend, None, &options, Some(Duration::ZERO)).await?;
+    let sleeper = ServerProcess::start(backend, None, &options, Some(Duration::ZERO)).await?;
+    // And the gateway's stack with none of the gateway, for scenario h.
+    let relay = ServerProcess::relay(backend, &options).await?;
     let http = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
         .build_http::<Full<Bytes>>();
@@ -77,6 +82,7 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
         .await
         .map_err(|e| format!("connecting to the bench backend: {e}"))?;
 
+    let admin = gateway.admin.ok_or("the gateway has no admin API")?;
     let swap_set = synthetic_set(SWAP_SERVICES)?;
     let mut out = String::new();
     out.push_str(&format!(
@@ -106,6 +112,12 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
         "/v1/echo",
         small_json.clone(),
     )?;
+    let post_relay = Rest::new(
+        http::Method::POST,
+        relay.addr,
+        "/v1/echo",
+        small_json.clone(),
+    )?;
     let post_edge = Rest {
         headers: EDGE_HEADERS,
         ..Rest::new(http::Method::POST, edged.addr, "/v1/echo", small_json)?
@@ -128,25 +140,25 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
                 })
                 .await
             };
-            let post_figures = load.drive("b) REST POST JSON", &mut gateway, &post).await;
+            let post_figures = load.drive("b) REST POST JSON", &gateway, &post).await;
             let sleeping = load
-                .drive("g) POST, no idle spin", &mut sleeper, &post_sleeping)
+                .drive("g) POST, no idle spin", &sleeper, &post_sleeping)
                 .await;
-            let get_figures = load
-                .drive("c) REST GET path+query", &mut gateway, &get)
+            let floor = load
+                .drive("h) floor: hyper→h2 relay", &relay, &post_relay)
                 .await;
-            let edge = load
-                .drive("f) POST + full edge", &mut edged, &post_edge)
-                .await;
+            let get_figures = load.drive("c) REST GET path+query", &gateway, &get).await;
+            let edge = load.drive("f) POST + full edge", &edged, &post_edge).await;
             // The same GETs while the admin API swaps a 1,000-service set in every SWAP_EVERY.
-            let swapping = Swapper::start(http.clone(), gateway.admin, swap_set.clone());
-            let during = load.drive("e) GET during swaps", &mut gateway, &get).await;
+            let swapping = Swapper::start(http.clone(), admin, swap_set.clone());
+            let during = load.drive("e) GET during swaps", &gateway, &get).await;
             let swapped = swapping.stop().await;
             swaps.0.extend(swapped.0);
             rounds.push(vec![
                 direct,
                 post_figures,
                 sleeping,
+                floor,
                 get_figures,
                 during,
                 edge,
@@ -167,6 +179,7 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
     gateway.stop().await;
     edged.stop().await;
     sleeper.stop().await;
+    relay.stop().await;
     Ok(out)
 }
 
@@ -471,12 +484,7 @@ struct Load<'a> {
 
 impl Load<'_> {
     /// Drives `rest` at `gateway`, whose CPU the figures report.
-    async fn drive(
-        &self,
-        name: &'static str,
-        gateway: &mut GatewayProcess,
-        rest: &Rest,
-    ) -> Figures {
+    async fn drive(&self, name: &'static str, gateway: &ServerProcess, rest: &Rest) -> Figures {
         let (http, rest) = (self.http.clone(), Arc::new(rest.clone()));
         drive(
             name,
@@ -498,7 +506,7 @@ async fn drive<F, Fut>(
     name: &'static str,
     concurrency: usize,
     options: &BenchOptions,
-    gateway: Option<&mut GatewayProcess>,
+    gateway: Option<&ServerProcess>,
     call: F,
 ) -> Figures
 where
@@ -508,12 +516,12 @@ where
     let call = Arc::new(call);
     let warm_until = Instant::now() + options.warmup;
     run_tasks(concurrency, warm_until, usize::MAX, call.clone()).await;
-    let cpu_before = gateway.as_ref().and_then(|g| g.cpu_time());
+    let cpu_before = gateway.and_then(|g| g.cpu_time());
     let started = Instant::now();
     let per_task = options.max_requests / concurrency.max(1);
     let results = run_tasks(concurrency, started + options.duration, per_task, call).await;
     let elapsed = started.elapsed();
-    let cpu_after = gateway.as_ref().and_then(|g| g.cpu_time());
+    let cpu_after = gateway.and_then(|g| g.cpu_time());
     let mut latencies: Vec<u32> = Vec::new();
     let mut errors = 0;
     for (lat, errs) in results {
@@ -583,23 +591,25 @@ where
     out
 }
 
-/// The gateway under test, in its own process so its CPU and memory are its own.
-struct GatewayProcess {
+/// A gateway under test, or the floor relay, in its own process so its CPU and memory are its
+/// own.
+struct ServerProcess {
     child: Child,
     pid: u32,
     addr: SocketAddr,
-    /// Its admin API.
-    admin: SocketAddr,
-    _dir: TempDir,
+    /// Its admin API (the relay has none).
+    admin: Option<SocketAddr>,
+    /// Its config and descriptor files, removed when it stops.
+    _dir: Option<TempDir>,
 }
 
-impl GatewayProcess {
+impl ServerProcess {
     async fn start(
         backend: SocketAddr,
         config: Option<&str>,
         options: &BenchOptions,
         idle_spin: Option<Duration>,
-    ) -> Result<GatewayProcess, String> {
+    ) -> Result<ServerProcess, String> {
         let dir = TempDir::new()?;
         let set = dir.path.join("bench.binpb");
         std::fs::write(&set, demo::BENCH_DESCRIPTORS).map_err(|e| format!("{e}"))?;
@@ -619,19 +629,47 @@ impl GatewayProcess {
             std::fs::write(&path, config).map_err(|e| format!("{e}"))?;
             command.arg("--config").arg(path);
         }
-        let mut child = command
+        command
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--descriptor-set")
             .arg(&set)
-            .args(["--upstream", &format!("http://{backend}")])
+            .args(["--upstream", &format!("http://{backend}")]);
+        let process = ServerProcess::spawn(command, Some(dir)).await?;
+        if process.admin.is_none() {
+            return Err("the gateway did not report its admin address".into());
+        }
+        Ok(process)
+    }
+
+    /// Starts the floor relay (scenario h) with the gateways' worker settings.
+    async fn relay(backend: SocketAddr, options: &BenchOptions) -> Result<ServerProcess, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("{e}"))?;
+        let mut command = Command::new(exe);
+        command
+            .arg("bench-relay")
+            .args(["--upstream", &backend.to_string()]);
+        if let Some(workers) = options.gateway_workers {
+            command.arg("--workers").arg(workers.to_string());
+        }
+        if let Some(spin) = options.gateway_idle_spin {
+            command
+                .arg("--idle-spin")
+                .arg(format!("{}us", spin.as_micros()));
+        }
+        ServerProcess::spawn(command, None).await
+    }
+
+    /// Runs `command` and waits for the addresses it prints.
+    async fn spawn(mut command: Command, dir: Option<TempDir>) -> Result<ServerProcess, String> {
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("starting the gateway: {e}"))?;
-        let pid = child.id().ok_or("the gateway exited at once")?;
-        let stdout = child.stdout.take().ok_or("no gateway stdout")?;
+            .map_err(|e| format!("starting a server process: {e}"))?;
+        let pid = child.id().ok_or("a server process exited at once")?;
+        let stdout = child.stdout.take().ok_or("no server process stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let (admin, addr) = tokio::time::timeout(Duration::from_secs(30), async {
             let mut admin = None;
@@ -640,7 +678,7 @@ impl GatewayProcess {
                     admin = addr.trim().parse::<SocketAddr>().ok();
                 }
                 if let Some(addr) = line.strip_prefix("listening on http://") {
-                    return Some((admin?, addr.trim().parse::<SocketAddr>().ok()?));
+                    return Some((admin, addr.trim().parse::<SocketAddr>().ok()?));
                 }
             }
             None
@@ -648,8 +686,8 @@ impl GatewayProcess {
         .await
         .ok()
         .flatten()
-        .ok_or("the gateway did not report its addresses")?;
-        Ok(GatewayProcess {
+        .ok_or("a server process did not report its address")?;
+        Ok(ServerProcess {
             child,
             pid,
             addr,
@@ -658,7 +696,7 @@ impl GatewayProcess {
         })
     }
 
-    /// utime + stime of the gateway process, from /proc (USER_HZ is 100 on Linux).
+    /// utime + stime of the process, from /proc (USER_HZ is 100 on Linux).
     fn cpu_time(&self) -> Option<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
         // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
@@ -853,7 +891,7 @@ async fn ws_connect(gateway: SocketAddr, path: &str) -> Option<BenchSocket> {
 /// and `n` direct gRPC bidi streams (this process's RSS growth: client and server side).
 async fn idle_sockets(
     grpc: &BenchServiceClient<tonic::transport::Channel>,
-    gateway: &GatewayProcess,
+    gateway: &ServerProcess,
     n: usize,
 ) -> String {
     // Direct streams first, before this process has freed memory to reuse.

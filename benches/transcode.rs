@@ -1,7 +1,7 @@
 //! JSON → protobuf and protobuf → JSON through dynamic messages and directly (`WirePlan`, no
 //! dynamic message), against prost's generated code with serde for the same messages as the floor; XML → protobuf and protobuf → XML next to JSON
 //! for the same messages; also the whole per-request transcoding path (route match, bind, encode,
-//! decode, render) without the network. Allocations per operation are counted and printed before
+//! decode, render, and the backend call's metadata) without the network. Allocations per operation are counted and printed before
 //! the timings.
 
 use std::alloc::System;
@@ -332,6 +332,26 @@ fn request_path(c: &mut Criterion) {
         );
         group.bench_function(BenchmarkId::new(method.as_str(), id), |b| b.iter(run));
     }
+    // The backend call's metadata from a typical client's headers, as grpc-gateway maps them.
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in [
+        ("host", "api.example.com"),
+        ("user-agent", "curl/8.5.0"),
+        ("accept", "*/*"),
+        ("content-type", "application/json"),
+        ("content-length", "88"),
+    ] {
+        headers.insert(name, http::HeaderValue::from_static(value));
+    }
+    let remote = Some(std::net::SocketAddr::from(([10, 1, 2, 3], 50_000)));
+    let metadata = || protogate::upstream::request_metadata(&headers, None, remote, &[]);
+    println!(
+        "allocations per request, metadata: {:.1}",
+        allocations_per_op(|| {
+            std::hint::black_box(metadata());
+        })
+    );
+    group.bench_function("metadata", |b| b.iter(metadata));
     group.finish();
 }
 

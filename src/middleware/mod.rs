@@ -358,9 +358,10 @@ impl Edge {
     /// sent under those keys removed first) and the request id.
     pub fn forward(&self, pass: &Pass, md: &mut MetadataMap) {
         self.auth.forward(pass.principal.as_ref(), md);
-        if let Ok(id) = tonic::metadata::AsciiMetadataValue::try_from(pass.request_id.as_bytes()) {
-            md.insert("x-request-id", id);
-        }
+        // The id's header value is shared, not copied (MetadataMap has no mutable view).
+        let mut headers = std::mem::take(md).into_headers();
+        headers.insert(REQUEST_ID, pass.request_id.clone());
+        *md = MetadataMap::from_headers(headers);
     }
 
     /// Last step, on every response: response header rules, CORS, rate-limit headers, the

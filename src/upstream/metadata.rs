@@ -1,40 +1,74 @@
 //! HTTP headers to gRPC metadata and back, the way grpc-gateway maps them.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 
 use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tonic::metadata::{
-    AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, BinaryMetadataValue, KeyAndValueRef,
-    MetadataMap,
-};
+use tonic::metadata::{KeyAndValueRef, MetadataMap};
 
-/// Request headers grpc-gateway forwards as `grpcgateway-<name>`.
-const PERMANENT: &[&str] = &[
-    "accept",
-    "accept-charset",
-    "accept-language",
-    "accept-ranges",
-    "authorization",
-    "cache-control",
-    "content-type",
-    "cookie",
-    "date",
-    "expect",
-    "from",
-    "host",
-    "if-match",
-    "if-modified-since",
-    "if-none-match",
-    "if-schedule-tag-match",
-    "if-unmodified-since",
-    "max-forwards",
-    "origin",
-    "pragma",
-    "referer",
-    "user-agent",
-    "via",
-    "warning",
+/// Request headers grpc-gateway forwards as `grpcgateway-<name>`, with that name made once.
+static PERMANENT: [(&str, HeaderName); 24] = [
+    ("accept", HeaderName::from_static("grpcgateway-accept")),
+    (
+        "accept-charset",
+        HeaderName::from_static("grpcgateway-accept-charset"),
+    ),
+    (
+        "accept-language",
+        HeaderName::from_static("grpcgateway-accept-language"),
+    ),
+    (
+        "accept-ranges",
+        HeaderName::from_static("grpcgateway-accept-ranges"),
+    ),
+    (
+        "authorization",
+        HeaderName::from_static("grpcgateway-authorization"),
+    ),
+    (
+        "cache-control",
+        HeaderName::from_static("grpcgateway-cache-control"),
+    ),
+    (
+        "content-type",
+        HeaderName::from_static("grpcgateway-content-type"),
+    ),
+    ("cookie", HeaderName::from_static("grpcgateway-cookie")),
+    ("date", HeaderName::from_static("grpcgateway-date")),
+    ("expect", HeaderName::from_static("grpcgateway-expect")),
+    ("from", HeaderName::from_static("grpcgateway-from")),
+    ("host", HeaderName::from_static("grpcgateway-host")),
+    ("if-match", HeaderName::from_static("grpcgateway-if-match")),
+    (
+        "if-modified-since",
+        HeaderName::from_static("grpcgateway-if-modified-since"),
+    ),
+    (
+        "if-none-match",
+        HeaderName::from_static("grpcgateway-if-none-match"),
+    ),
+    (
+        "if-schedule-tag-match",
+        HeaderName::from_static("grpcgateway-if-schedule-tag-match"),
+    ),
+    (
+        "if-unmodified-since",
+        HeaderName::from_static("grpcgateway-if-unmodified-since"),
+    ),
+    (
+        "max-forwards",
+        HeaderName::from_static("grpcgateway-max-forwards"),
+    ),
+    ("origin", HeaderName::from_static("grpcgateway-origin")),
+    ("pragma", HeaderName::from_static("grpcgateway-pragma")),
+    ("referer", HeaderName::from_static("grpcgateway-referer")),
+    (
+        "user-agent",
+        HeaderName::from_static("grpcgateway-user-agent"),
+    ),
+    ("via", HeaderName::from_static("grpcgateway-via")),
+    ("warning", HeaderName::from_static("grpcgateway-warning")),
 ];
 
 /// Headers that describe one hop and never cross the gateway.
@@ -64,6 +98,13 @@ const RESERVED_RESPONSE: &[&str] = &[
 
 const METADATA_PREFIX: &str = "grpc-metadata-";
 
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Room for the entries added after the client's: the forwarding pair here, the request id and
+/// the call's own headers (content-type, te, user-agent, grpc-timeout), so the map never grows.
+const ADDED: usize = 8;
+
 /// Builds the metadata of a backend call from the client's headers.
 /// `authority` is the request URI's, which stands for `Host` over HTTP/2.
 pub fn request_metadata(
@@ -72,7 +113,9 @@ pub fn request_metadata(
     remote: Option<SocketAddr>,
     allow: &[HeaderName],
 ) -> MetadataMap {
-    let mut md = MetadataMap::with_capacity(headers.len() + 2);
+    // Built as plain headers: values are shared with the request's, not copied, and names are
+    // the client's or made once (this runs for every call, and each copy was an allocation).
+    let mut md = HeaderMap::with_capacity(headers.len() + ADDED);
     // Headers named in `Connection` belong to this hop only (RFC 9110 §7.6.1).
     let connection: Vec<String> = headers
         .get_all(http::header::CONNECTION)
@@ -88,64 +131,70 @@ pub fn request_metadata(
             continue;
         }
         if key == "authorization" {
-            insert(&mut md, key, value);
+            md.append(name.clone(), value.clone());
         }
-        if PERMANENT.contains(&key) {
-            insert(&mut md, &format!("grpcgateway-{key}"), value);
+        if let Some((_, prefixed)) = PERMANENT.iter().find(|(permanent, _)| *permanent == key) {
+            md.append(prefixed.clone(), value.clone());
         } else if let Some(stripped) = key.strip_prefix(METADATA_PREFIX) {
             // `Grpc-Metadata-Connection` must not smuggle a hop-by-hop name upstream: HTTP/2
             // refuses those, which would fail the call.
             if !HOP_BY_HOP.contains(&stripped) {
-                insert(&mut md, stripped, value);
+                if let Ok(stripped) = HeaderName::from_bytes(stripped.as_bytes()) {
+                    append(&mut md, stripped, value);
+                }
             }
         } else if allow.contains(name) {
-            insert(&mut md, key, value);
+            append(&mut md, name.clone(), value);
         }
     }
     // As grpc-gateway: the client's X-Forwarded-Host if it sent one, else its Host.
     let host = headers
-        .get("x-forwarded-host")
+        .get(X_FORWARDED_HOST)
         .or_else(|| headers.get(http::header::HOST))
-        .map(HeaderValue::as_bytes)
-        .or(authority.map(str::as_bytes))
-        .and_then(|v| AsciiMetadataValue::try_from(v).ok());
+        .cloned()
+        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a).ok()));
     if let Some(host) = host {
-        md.insert("x-forwarded-host", host);
+        md.insert(X_FORWARDED_HOST, host);
     }
     if let Some(remote) = remote {
-        let ip = remote.ip().to_string();
-        let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(previous) => format!("{previous}, {ip}"),
-            None => ip,
+        let ip = remote.ip();
+        let chain = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(previous) => HeaderValue::try_from(format!("{previous}, {ip}")),
+            None => {
+                // Formatted on the stack: the value's own copy is the only allocation.
+                let mut text = [0u8; 48];
+                let mut cursor = std::io::Cursor::new(&mut text[..]);
+                let _ = write!(cursor, "{ip}");
+                let len = usize::try_from(cursor.position()).unwrap_or(0);
+                HeaderValue::from_bytes(&text[..len])
+            }
         };
-        if let Ok(value) = AsciiMetadataValue::try_from(chain) {
-            md.insert("x-forwarded-for", value);
+        if let Ok(value) = chain {
+            md.insert(X_FORWARDED_FOR, value);
         }
     }
-    md
+    MetadataMap::from_headers(md)
 }
 
-/// Adds one entry; invalid names or values (including bad base64 in `-bin`) are skipped.
-fn insert(md: &mut MetadataMap, key: &str, value: &HeaderValue) {
-    if key.ends_with("-bin") {
-        let Ok(key) = BinaryMetadataKey::from_bytes(key.as_bytes()) else {
-            return;
-        };
-        let text = value.as_bytes();
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
-            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text));
-        if let Ok(bytes) = decoded {
-            md.append_bin(key, BinaryMetadataValue::from_bytes(&bytes));
-        }
+/// Adds one entry; a `-bin` value is checked as base64 (any of the three alphabets clients use)
+/// and carried in gRPC's own encoding, and one that is not base64 is skipped.
+fn append(md: &mut HeaderMap, name: HeaderName, value: &HeaderValue) {
+    if !name.as_str().ends_with("-bin") {
+        md.append(name, value.clone());
         return;
     }
-    let Ok(key) = AsciiMetadataKey::from_bytes(key.as_bytes()) else {
-        return;
-    };
-    if let Ok(value) = AsciiMetadataValue::try_from(value.as_bytes()) {
-        md.append(key, value);
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let text = value.as_bytes();
+    let decoded = STANDARD
+        .decode(text)
+        .or_else(|_| STANDARD_NO_PAD.decode(text))
+        .or_else(|_| URL_SAFE_NO_PAD.decode(text));
+    if let Ok(bytes) = decoded {
+        // tonic's binary metadata is unpadded standard base64.
+        let encoded = STANDARD_NO_PAD.encode(bytes);
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(encoded)) {
+            md.append(name, value);
+        }
     }
 }
 
@@ -154,21 +203,16 @@ fn insert(md: &mut MetadataMap, key: &str, value: &HeaderValue) {
 pub fn response_headers(md: &MetadataMap, prefix: &str, out: &mut HeaderMap) {
     for entry in md.iter() {
         let (key, value) = match entry {
-            KeyAndValueRef::Ascii(key, value) => (
-                key.as_str(),
-                HeaderValue::from_bytes(value.as_encoded_bytes()),
-            ),
-            KeyAndValueRef::Binary(key, value) => (
-                key.as_str(),
-                HeaderValue::from_bytes(value.as_encoded_bytes()),
-            ),
+            KeyAndValueRef::Ascii(key, value) => (key.as_str(), value.as_encoded_bytes()),
+            KeyAndValueRef::Binary(key, value) => (key.as_str(), value.as_encoded_bytes()),
         };
+        // Checked before anything is copied: most of a backend's metadata is gRPC's own.
         if RESERVED_RESPONSE.contains(&key) || HOP_BY_HOP.contains(&key) {
             continue;
         }
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(format!("{prefix}{key}").as_bytes()),
-            value,
+            HeaderValue::from_bytes(value),
         ) else {
             continue;
         };
@@ -180,6 +224,7 @@ pub fn response_headers(md: &MetadataMap, prefix: &str, out: &mut HeaderMap) {
 mod tests {
     // Unwraps here are assertions on test data: a failure fails the test.
     use super::*;
+    use tonic::metadata::BinaryMetadataValue;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -284,6 +329,15 @@ mod tests {
         let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
         let md = request_metadata(&h, None, Some(SocketAddr::from(([127, 0, 0, 1], 1))), &[]);
         assert_eq!(md.get("x-forwarded-for").unwrap(), "1.2.3.4, 127.0.0.1");
+    }
+
+    #[test]
+    fn forwarded_for_holds_the_longest_ipv6() {
+        let ip: std::net::IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap();
+        let md = request_metadata(&HeaderMap::new(), None, Some(SocketAddr::new(ip, 1)), &[]);
+        assert_eq!(md.get("x-forwarded-for").unwrap(), &ip.to_string());
     }
 
     #[test]

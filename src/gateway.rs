@@ -256,9 +256,10 @@ async fn call(
                 .response
                 .render_as(reply.message, format)
                 .map_err(|err| err.with_metadata(reply.headers.clone()))?;
+            let content_type = rendered.content_type_header();
             let mut response = Response::new(Body::from(rendered.body));
             let headers = response.headers_mut();
-            if let Ok(ct) = HeaderValue::from_str(&rendered.content_type) {
+            if let Some(ct) = content_type {
                 headers.insert(header::CONTENT_TYPE, ct);
             }
             if !route.response.is_raw() {

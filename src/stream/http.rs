@@ -196,7 +196,7 @@ pub async fn raw_stream_response(
         mut messages,
     } = stream;
     let (content_type, first) = match messages.next().await {
-        None => ("application/octet-stream".to_owned(), Bytes::new()),
+        None => ("application/octet-stream".into(), Bytes::new()),
         Some(Err(err)) => return Err(err.with_metadata(metadata)),
         Some(Ok(bytes)) => {
             let rendered = plan
@@ -454,8 +454,9 @@ pub async fn serve(
             .response
             .render(message)
             .map_err(|err| err.with_metadata(headers.clone()))?;
+        let content_type = rendered.content_type_header();
         let mut response = Response::new(Body::from(rendered.body));
-        if let Ok(ct) = http::HeaderValue::from_str(&rendered.content_type) {
+        if let Some(ct) = content_type {
             response.headers_mut().insert(header::CONTENT_TYPE, ct);
         }
         upstream::response_headers(&headers, "grpc-metadata-", response.headers_mut());

@@ -1,8 +1,10 @@
 //! Rendering a backend's response message for the client.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::HeaderValue;
 use prost::Message as _;
 use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _, Value,
@@ -19,10 +21,21 @@ const HTTP_BODY: &str = "google.api.HttpBody";
 /// A rendered response body with its content type.
 #[derive(Debug)]
 pub struct Rendered {
-    /// The Content-Type header value.
-    pub content_type: String,
+    /// The Content-Type header value: one of ours, or a raw body's own.
+    pub content_type: Cow<'static, str>,
     /// The body.
     pub body: Bytes,
+}
+
+impl Rendered {
+    /// The Content-Type as a header value; ours are used without a copy.
+    pub fn content_type_header(&self) -> Option<HeaderValue> {
+        match &self.content_type {
+            // Only the literals of `ResponseFormat::content_type` and `raw_body` are borrowed.
+            Cow::Borrowed(ours) => Some(HeaderValue::from_static(ours)),
+            Cow::Owned(theirs) => HeaderValue::from_str(theirs).ok(),
+        }
+    }
 }
 
 /// How one route renders its response; computed once when the route table is built.
@@ -97,16 +110,17 @@ impl ResponsePlan {
     ) -> Result<Rendered, GatewayError> {
         if format.format() == Format::Protobuf && self.field.is_none() && !self.raw {
             return Ok(Rendered {
-                content_type: format.content_type().to_owned(),
+                content_type: Cow::Borrowed(format.content_type()),
                 body: bytes,
             });
         }
         if let (Format::Json, Some(wire)) = (format.format(), &self.wire) {
-            let mut out = Vec::with_capacity(bytes.len() * 2 + 16);
+            // Field names make small messages' JSON about three times their wire size.
+            let mut out = Vec::with_capacity(bytes.len() * 3 + 64);
             // Any failure, bad bytes included, is explained by the dynamic path below.
             if wire.wire_to_json(&bytes, &self.json, &mut out).is_ok() {
                 return Ok(Rendered {
-                    content_type: format.content_type().to_owned(),
+                    content_type: Cow::Borrowed(format.content_type()),
                     body: out.into(),
                 });
             }
@@ -156,7 +170,7 @@ impl ResponsePlan {
             (Format::Protobuf, Some(field)) => protobuf_field(msg, field, &mut out)?,
         }
         Ok(Rendered {
-            content_type: format.content_type().to_owned(),
+            content_type: Cow::Borrowed(format.content_type()),
             body: out.into(),
         })
     }
@@ -187,7 +201,7 @@ fn raw_body(http_body: &DynamicMessage) -> Rendered {
         .get_field_by_name("content_type")
         .and_then(|v| v.as_str().map(str::to_owned))
         .filter(|ct| !ct.is_empty())
-        .unwrap_or_else(|| "application/octet-stream".to_owned());
+        .map_or(Cow::Borrowed("application/octet-stream"), Cow::Owned);
     let body = http_body
         .get_field_by_name("data")
         .and_then(|v| v.as_bytes().cloned())

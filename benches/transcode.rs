@@ -11,6 +11,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
+use protogate::bench::small;
 use protogate::config::Config;
 use protogate::descriptors::RegistryBuilder;
 use protogate::proto::bench::v1::{Item, Large, Small};
@@ -33,16 +34,6 @@ fn allocations_per_op(mut op: impl FnMut()) -> f64 {
     }
     let stats = region.change();
     (stats.allocations + stats.reallocations) as f64 / N as f64
-}
-
-fn small() -> Small {
-    Small {
-        name: "widget".into(),
-        count: 42,
-        total: 123_456_789,
-        active: true,
-        score: 98.5,
-    }
 }
 
 /// About 10 KB encoded: 40 items with tags and details, labels, parts and counters.

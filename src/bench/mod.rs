@@ -412,7 +412,8 @@ impl Swaps {
     }
 }
 
-fn small() -> Small {
+/// The bench's small message: five scalar fields.
+pub fn small() -> Small {
     Small {
         name: "widget".into(),
         count: 42,

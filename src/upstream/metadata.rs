@@ -7,68 +7,39 @@ use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 
+/// Each name paired with its `grpcgateway-` form, made at compile time.
+macro_rules! with_prefix {
+    ($($name:literal),* $(,)?) => {
+        [$(($name, HeaderName::from_static(concat!("grpcgateway-", $name)))),*]
+    };
+}
+
 /// Request headers grpc-gateway forwards as `grpcgateway-<name>`, with that name made once.
-static PERMANENT: [(&str, HeaderName); 24] = [
-    ("accept", HeaderName::from_static("grpcgateway-accept")),
-    (
-        "accept-charset",
-        HeaderName::from_static("grpcgateway-accept-charset"),
-    ),
-    (
-        "accept-language",
-        HeaderName::from_static("grpcgateway-accept-language"),
-    ),
-    (
-        "accept-ranges",
-        HeaderName::from_static("grpcgateway-accept-ranges"),
-    ),
-    (
-        "authorization",
-        HeaderName::from_static("grpcgateway-authorization"),
-    ),
-    (
-        "cache-control",
-        HeaderName::from_static("grpcgateway-cache-control"),
-    ),
-    (
-        "content-type",
-        HeaderName::from_static("grpcgateway-content-type"),
-    ),
-    ("cookie", HeaderName::from_static("grpcgateway-cookie")),
-    ("date", HeaderName::from_static("grpcgateway-date")),
-    ("expect", HeaderName::from_static("grpcgateway-expect")),
-    ("from", HeaderName::from_static("grpcgateway-from")),
-    ("host", HeaderName::from_static("grpcgateway-host")),
-    ("if-match", HeaderName::from_static("grpcgateway-if-match")),
-    (
-        "if-modified-since",
-        HeaderName::from_static("grpcgateway-if-modified-since"),
-    ),
-    (
-        "if-none-match",
-        HeaderName::from_static("grpcgateway-if-none-match"),
-    ),
-    (
-        "if-schedule-tag-match",
-        HeaderName::from_static("grpcgateway-if-schedule-tag-match"),
-    ),
-    (
-        "if-unmodified-since",
-        HeaderName::from_static("grpcgateway-if-unmodified-since"),
-    ),
-    (
-        "max-forwards",
-        HeaderName::from_static("grpcgateway-max-forwards"),
-    ),
-    ("origin", HeaderName::from_static("grpcgateway-origin")),
-    ("pragma", HeaderName::from_static("grpcgateway-pragma")),
-    ("referer", HeaderName::from_static("grpcgateway-referer")),
-    (
-        "user-agent",
-        HeaderName::from_static("grpcgateway-user-agent"),
-    ),
-    ("via", HeaderName::from_static("grpcgateway-via")),
-    ("warning", HeaderName::from_static("grpcgateway-warning")),
+static PERMANENT: [(&str, HeaderName); 24] = with_prefix![
+    "accept",
+    "accept-charset",
+    "accept-language",
+    "accept-ranges",
+    "authorization",
+    "cache-control",
+    "content-type",
+    "cookie",
+    "date",
+    "expect",
+    "from",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-schedule-tag-match",
+    "if-unmodified-since",
+    "max-forwards",
+    "origin",
+    "pragma",
+    "referer",
+    "user-agent",
+    "via",
+    "warning",
 ];
 
 /// Headers that describe one hop and never cross the gateway.

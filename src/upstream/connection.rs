@@ -2,7 +2,6 @@
 //! caller's task frames the request and queues it on the connection itself, where tonic's
 //! channel would hand it to a buffer task and then to hyper's dispatch task first.
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -456,13 +455,8 @@ fn grpc_timeout(timeout: Duration) -> HeaderValue {
     .map(|(per, unit)| (nanos.div_ceil(*per), *unit))
     .find(|(value, _)| *value <= MAX)
     .unwrap_or((MAX, "H"));
-    // At most eight digits and a unit, formatted on the stack: the value's own copy is the
-    // only allocation.
-    let mut text = [0u8; 16];
-    let mut cursor = std::io::Cursor::new(&mut text[..]);
-    let _ = write!(cursor, "{value}{unit}");
-    let len = usize::try_from(cursor.position()).unwrap_or(0);
-    HeaderValue::from_bytes(&text[..len]).unwrap_or_else(|_| HeaderValue::from_static("99999999H"))
+    super::metadata::formatted(format_args!("{value}{unit}"))
+        .unwrap_or_else(|| HeaderValue::from_static("99999999H"))
 }
 
 const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");

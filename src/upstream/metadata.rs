@@ -130,21 +130,24 @@ pub fn request_metadata(
     if let Some(remote) = remote {
         let ip = remote.ip();
         let chain = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(previous) => HeaderValue::try_from(format!("{previous}, {ip}")),
-            None => {
-                // Formatted on the stack: the value's own copy is the only allocation.
-                let mut text = [0u8; 48];
-                let mut cursor = std::io::Cursor::new(&mut text[..]);
-                let _ = write!(cursor, "{ip}");
-                let len = usize::try_from(cursor.position()).unwrap_or(0);
-                HeaderValue::from_bytes(&text[..len])
-            }
+            Some(previous) => HeaderValue::try_from(format!("{previous}, {ip}")).map_err(|_| ()),
+            None => formatted(format_args!("{ip}")).ok_or(()),
         };
         if let Ok(value) = chain {
             md.insert(X_FORWARDED_FOR, value);
         }
     }
     MetadataMap::from_headers(md)
+}
+
+/// A header value formatted on the stack, so that its own copy is its only allocation; None if
+/// it is longer than 64 bytes or not a valid value.
+pub(super) fn formatted(args: std::fmt::Arguments<'_>) -> Option<HeaderValue> {
+    let mut text = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    cursor.write_fmt(args).ok()?;
+    let len = usize::try_from(cursor.position()).ok()?;
+    HeaderValue::from_bytes(text.get(..len)?).ok()
 }
 
 /// Adds one entry; a `-bin` value is checked as base64 (any of the three alphabets clients use)
@@ -309,6 +312,20 @@ mod tests {
             .unwrap();
         let md = request_metadata(&HeaderMap::new(), None, Some(SocketAddr::new(ip, 1)), &[]);
         assert_eq!(md.get("x-forwarded-for").unwrap(), &ip.to_string());
+    }
+
+    #[test]
+    fn formatted_values_fit_in_64_bytes() {
+        let fits = "x".repeat(64);
+        assert_eq!(formatted(format_args!("{fits}")).unwrap(), fits.as_str());
+        assert!(
+            formatted(format_args!("{fits}y")).is_none(),
+            "too long: refused, not cut"
+        );
+        assert!(
+            formatted(format_args!("a\nb")).is_none(),
+            "not a header value"
+        );
     }
 
     #[test]

@@ -614,17 +614,7 @@ impl ServerProcess {
         let dir = TempDir::new()?;
         let set = dir.path.join("bench.binpb");
         std::fs::write(&set, demo::BENCH_DESCRIPTORS).map_err(|e| format!("{e}"))?;
-        let exe = std::env::current_exe().map_err(|e| format!("{e}"))?;
-        let mut command = Command::new(exe);
-        command.arg("serve");
-        if let Some(workers) = options.gateway_workers {
-            command.arg("--workers").arg(workers.to_string());
-        }
-        if let Some(spin) = idle_spin {
-            command
-                .arg("--idle-spin")
-                .arg(format!("{}us", spin.as_micros()));
-        }
+        let mut command = ServerProcess::command("serve", options.gateway_workers, idle_spin)?;
         if let Some(config) = config {
             let path = dir.path.join("protogate.toml");
             std::fs::write(&path, config).map_err(|e| format!("{e}"))?;
@@ -644,20 +634,33 @@ impl ServerProcess {
 
     /// Starts the floor relay (scenario h) with the gateways' worker settings.
     async fn relay(backend: SocketAddr, options: &BenchOptions) -> Result<ServerProcess, String> {
+        let mut command = ServerProcess::command(
+            "bench-relay",
+            options.gateway_workers,
+            options.gateway_idle_spin,
+        )?;
+        command.args(["--upstream", &backend.to_string()]);
+        ServerProcess::spawn(command, None).await
+    }
+
+    /// This binary's `subcommand` with the workers' settings, each left to its default if None.
+    fn command(
+        subcommand: &str,
+        workers: Option<usize>,
+        idle_spin: Option<Duration>,
+    ) -> Result<Command, String> {
         let exe = std::env::current_exe().map_err(|e| format!("{e}"))?;
         let mut command = Command::new(exe);
-        command
-            .arg("bench-relay")
-            .args(["--upstream", &backend.to_string()]);
-        if let Some(workers) = options.gateway_workers {
+        command.arg(subcommand);
+        if let Some(workers) = workers {
             command.arg("--workers").arg(workers.to_string());
         }
-        if let Some(spin) = options.gateway_idle_spin {
+        if let Some(spin) = idle_spin {
             command
                 .arg("--idle-spin")
                 .arg(format!("{}us", spin.as_micros()));
         }
-        ServerProcess::spawn(command, None).await
+        Ok(command)
     }
 
     /// Runs `command` and waits for the addresses it prints.

@@ -517,6 +517,29 @@ async fn idle_spin_is_bounded() {
 }
 
 #[tokio::test]
+async fn bench_relay_refuses_bad_arguments() {
+    let run = protogate(["bench-relay", "--upstream", "not-an-address"]).await;
+    let stderr = run.assert_failed();
+    assert!(
+        stderr.contains("--upstream") && stderr.contains("not-an-address"),
+        "{stderr}"
+    );
+    let run = protogate([
+        "bench-relay",
+        "--upstream",
+        "127.0.0.1:9",
+        "--idle-spin",
+        "1s",
+    ])
+    .await;
+    let stderr = run.assert_failed();
+    assert!(
+        stderr.contains("--idle-spin") && stderr.contains("10ms"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn committed_shop_descriptors_are_current() {
     // What `protos/shop/v1/*.proto` expands to in the command documented in src/demo/mod.rs.
     let mut protos: Vec<PathBuf> = std::fs::read_dir(support::repo().join("protos/shop/v1"))
